@@ -83,8 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (checks the harness)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine's noise low)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     channels = (8, 16, 32) if args.quick else (16, 32, 64, 128, 256)
     cases = [(2, 64, 3), (3, 32, 3)] if args.quick else [(2, 256, 7), (3, 64, 5)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; UNet channels {channels}, batch 2\n")

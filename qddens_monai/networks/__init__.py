@@ -15,6 +15,7 @@ from qddens_monai.networks.features import (
     register_feature_levels,
 )
 from qddens_monai.networks.fusion import FeatureFusionBlock, resize_to
+from qddens_monai.networks.distillation import DistillationNetwork, load_checkpoint
 from qddens_monai.networks.qmenet import BACKBONES, QUANTIZATION_PRESETS, QMENet, quantization_preset
 
 __all__ = [
@@ -43,4 +44,6 @@ __all__ = [
     "BACKBONES",
     "QUANTIZATION_PRESETS",
     "quantization_preset",
+    "DistillationNetwork",
+    "load_checkpoint",
 ]

@@ -23,7 +23,12 @@ from qddens_monai.quantization.quantizers import (
     UniformQuantizer,
     get_quantizer,
 )
-from qddens_monai.quantization.report import QuantizationReport, TensorQuantization, quantization_report
+from qddens_monai.quantization.report import (
+    QuantizationReport,
+    TensorQuantization,
+    quantization_report,
+    write_quantization_report,
+)
 
 __all__ = [
     "DEFAULT_PORTIONS",
@@ -49,6 +54,7 @@ __all__ = [
     "QuantizationReport",
     "TensorQuantization",
     "quantization_report",
+    "write_quantization_report",
     "PackedSize",
     "save_packed",
     "load_packed",

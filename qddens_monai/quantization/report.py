@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Union
 
 import torch
 from torch import nn
@@ -10,7 +14,7 @@ from torch import nn
 from qddens_monai.quantization.network import quantized_layers
 from qddens_monai.quantization.parametrizations import IncrementalQuantization
 
-__all__ = ["TensorQuantization", "QuantizationReport", "quantization_report"]
+__all__ = ["TensorQuantization", "QuantizationReport", "quantization_report", "write_quantization_report"]
 
 
 @dataclass
@@ -115,4 +119,17 @@ def quantization_report(net: nn.Module) -> QuantizationReport:
             )
         )
     report.float_params = sum(p.numel() for p in net.parameters() if id(p) not in quantized_ids)
+    return report
+
+
+def write_quantization_report(net: nn.Module, output_dir: Union[str, os.PathLike]) -> QuantizationReport:
+    """Write ``quantization_report.txt`` and ``.json`` for ``net`` (unwrapping DDP) into ``output_dir``."""
+    net = getattr(net, "module", net)
+    report = quantization_report(net)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("quantization_report.txt", str(report) + "\n"), ("quantization_report.json", json.dumps(report.to_dict(), indent=2))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
     return report
