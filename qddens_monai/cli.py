@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Optional
 
@@ -21,12 +22,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo.add_argument("--fp-epochs", type=int, default=6, help="epochs at full precision")
     demo.add_argument("--epochs-per-step", type=int, default=2, help="epochs between quantization steps")
     demo.add_argument("--seed", type=int, default=0)
+    drive = commands.add_parser("prepare-drive", help="convert the published DRIVE layout into the bundle's inputs")
+    drive.add_argument("path", help="the DRIVE folder (with training/ and test/)")
+    drive.add_argument("--out", default=None, help="output folder (default: DRIVE_prepared beside PATH)")
     args = parser.parse_args(argv)
 
     if args.command == "quantization-demo":
         from qddens_monai.demo import run_quantization_demo
 
         run_quantization_demo(args.out, args.method, args.bits, args.fp_epochs, args.epochs_per_step, seed=args.seed)
+    elif args.command == "prepare-drive":
+        from qddens_monai.data import prepare_drive
+
+        try:
+            datalist = prepare_drive(args.path, args.out)
+        except FileNotFoundError as e:
+            parser.exit(2, f"qddens-monai prepare-drive: {e}\n")
+        print(f"DRIVE converted; datalist: {datalist}")
+        print(f"Train with: python -m monai.bundle run training --config_file configs/train.json --dataset_dir {Path(datalist).parent}")
     return 0
 
 
