@@ -17,6 +17,7 @@ from typing import Optional, Union
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.data import create_test_image_3d
 from PIL import Image
 
@@ -117,6 +118,20 @@ def ensure_demo_data(
         the path of ``dataset_dir/dataset.json``.
     """
     out = Path(dataset_dir)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # One process writes the demo set, the others wait for it.
+        if torch.distributed.get_rank() == 0:
+            try:
+                return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed)
+            finally:
+                torch.distributed.barrier()
+        torch.distributed.barrier()
+    return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed)
+
+
+def _ensure_demo_data(
+    out: Path, spatial_dims: int, num_train: Optional[int], num_test: Optional[int], size: Optional[int], seed: int
+) -> str:
     datalist = out / "dataset.json"
     if datalist.is_file():
         return str(datalist)
