@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -132,6 +133,17 @@ def test_train_and_infer_3d_nifti_and_dicom(tmp_path):
     assert np.allclose(pred.affine, image.affine, atol=1e-4)
     dicom_pred = nib.load(str(out / "ct_series_seg.nii.gz"))
     assert dicom_pred.shape == volume.shape
+
+    # DICOM SEG on request: the same labels, frame by frame, referencing the source series
+    run_bundle("run", ["inference.json", "3d.json", "dicom_seg.json"], tmp_path, "--roi_size", "[32,32,32]",
+               "--image_glob", "imagesTs/ct_series", "--output_dir", str(tmp_path / "seg"))
+    seg = pydicom.dcmread(str(tmp_path / "seg" / "ct_series_seg.dcm"))
+    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "foreground"
+    frames = np.zeros(volume.shape[::-1], np.uint8)  # (slices, rows, columns)
+    for i, frame in enumerate(seg.pixel_array.reshape(-1, *volume.shape[1::-1])):
+        position = seg.PerFrameFunctionalGroupsSequence[i].PlanePositionSequence[0].ImagePositionPatient
+        frames[int(round(float(position[2]) / 2.0))] = frame
+    assert np.array_equal(frames, np.transpose(np.asarray(dicom_pred.dataobj), (2, 1, 0)))
 
 
 def test_multi_process_training_with_torchrun(tmp_path):

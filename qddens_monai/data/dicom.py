@@ -129,8 +129,15 @@ def write_dicom_series(
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
         ds.PatientID = patient_id
-        ds.PatientName = patient_id
+        ds.PatientName = f"{patient_id}^"
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+        # type 2 attributes (present, may be empty) that DICOM readers and SEG writers expect
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        ds.ReferringPhysicianName = ""
+        ds.AccessionNumber = ""
+        ds.StudyID = "1"
         ds.Modality = modality
         ds.SeriesDescription = series_description
         ds.SeriesNumber = int(series_number)
