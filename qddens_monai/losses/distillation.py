@@ -12,17 +12,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
-from torch.nn.modules.loss import _Loss
+
+from qddens_monai.losses.parts import LossWithParts
 
 __all__ = ["EnsembleDistillationLoss"]
 
 
-class EnsembleDistillationLoss(_Loss):
+class EnsembleDistillationLoss(LossWithParts):
     """
     Per-voxel knowledge distillation from an ensemble (teacher) into one student network::
 
@@ -100,7 +100,6 @@ class EnsembleDistillationLoss(_Loss):
         self.seg_loss = seg_loss
         self.teacher_is_probability = teacher_is_probability
         self.eps = eps
-        self.last_parts: dict[str, torch.Tensor] = {}
 
     def _seg(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.sigmoid and not torch.is_floating_point(target):
@@ -179,13 +178,3 @@ class EnsembleDistillationLoss(_Loss):
         self.last_parts = {"seg": seg.detach(), "kd": kd.detach(), "total": total.detach()}
         return total
 
-    def log_parts(self, output: Any = None) -> dict[str, float]:
-        """
-        The parts of the last call as python floats, for logging.
-
-        Args:
-            output: ignored; present so that this method can be passed as an ignite/MONAI
-                ``output_transform`` (which is called with ``engine.state.output``).
-
-        """
-        return {name: float(value) for name, value in self.last_parts.items()}

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 from monai.losses import DiceCELoss
-from torch.nn.modules.loss import _Loss
 
 from qddens_monai.losses.diversity import DeepDiversityLoss
+from qddens_monai.losses.parts import LossWithParts
 
 __all__ = ["EnsembleLoss"]
 
 
-class EnsembleLoss(_Loss):
+class EnsembleLoss(LossWithParts):
     """
     Objective of a deep diversified ensemble (QME-Net / QDD-Ens / D2ED2Q)::
 
@@ -92,7 +92,6 @@ class EnsembleLoss(_Loss):
         self.diversity = DeepDiversityLoss() if diversity is None else diversity
         self.weights = None if weights is None else [float(w) for w in weights]
         self.log_all_levels = log_all_levels
-        self.last_parts: dict[str, torch.Tensor] = {}
 
     def _seg(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # losses in full precision under AMP, as monai's DeepSupervisionLoss does
@@ -163,13 +162,3 @@ class EnsembleLoss(_Loss):
         self.last_parts = parts
         return total
 
-    def log_parts(self, output: Any = None) -> dict[str, float]:
-        """
-        The parts of the last call as python floats, for logging.
-
-        Args:
-            output: ignored; present so that this method can be passed as an ignite/MONAI
-                ``output_transform`` (which is called with ``engine.state.output``).
-
-        """
-        return {name: float(value) for name, value in self.last_parts.items()}
