@@ -1,20 +1,28 @@
-"""Data: demo generators writing real files, datalists, up-front checks, DRIVE, transform builders."""
+"""Data: demo sets written as real files, datalists, up-front checks, DRIVE, DICOM (series, SEG), transforms.
 
-from qddens_monai.data.checks import DataValidationError, check_datalist, dicom_series_in
-from qddens_monai.data.datalist import load_datalist, split_datalist
-from qddens_monai.data.demo import ensure_demo_data, find_images, write_demo_2d, write_demo_3d
+Everything here is called from the bundle configs (``$qddens_monai.data....``): paths are ``str``,
+datalists are plain lists of ``{"image": path, "label": path[, "mask": path]}`` dicts.
+"""
+
+from qddens_monai.data.checks import DataValidationError, FileHeader, check_datalist, dicom_series_in, read_header
+from qddens_monai.data.datalist import load_datalist, split_datalist, write_datalist
+from qddens_monai.data.demo import DEMO_DEFAULTS, ensure_demo_data, find_images, write_demo_2d, write_demo_3d
 from qddens_monai.data.dicom import write_dicom_series
 from qddens_monai.data.dicom_seg import SaveDicomSegd, write_dicom_seg
 from qddens_monai.data.drive import prepare_drive
-from qddens_monai.data.transforms import MODALITIES, intensity_normalization, label_transform
+from qddens_monai.data.transforms import MODALITIES, MODALITY_ALIASES, intensity_normalization, label_transform
 from qddens_monai.data.vessels import create_vessel_image_2d
 
 __all__ = [
     "DataValidationError",
+    "FileHeader",
     "check_datalist",
     "dicom_series_in",
+    "read_header",
     "load_datalist",
     "split_datalist",
+    "write_datalist",
+    "DEMO_DEFAULTS",
     "ensure_demo_data",
     "find_images",
     "write_demo_2d",
@@ -24,6 +32,7 @@ __all__ = [
     "write_dicom_seg",
     "prepare_drive",
     "MODALITIES",
+    "MODALITY_ALIASES",
     "intensity_normalization",
     "label_transform",
     "create_vessel_image_2d",

@@ -1,104 +1,207 @@
-"""The embedded demo data sets, written as real files in the Decathlon layout.
+"""Generated demo data sets, written as real files with a Decathlon-style ``dataset.json``.
 
-2D: fundus-like RGB images with vessel labels and field-of-view masks (PNG, see
-:func:`create_vessel_image_2d`). 3D: ``monai.data.synthetic`` volumes (NIfTI, with a
-non-identity affine). Both come with a ``dataset.json`` whose ``training`` and ``test``
-sections hold ``image``, ``label`` (and in 2D ``mask``) paths.
+No public data set can be downloaded in every environment, so the bundle runs out of the box on
+generated data, read through the very loaders real data goes through (``LoadImaged``). Both sets
+use the Medical Segmentation Decathlon layout (also what :func:`qddens_monai.data.prepare_drive`
+writes for DRIVE), so ``imagesTs/*`` finds the test images of every set::
+
+    DIR/dataset.json      {"training": [{"image": "./imagesTr/...", "label": "./labelsTr/...", "mask": ...}],
+                           "test": [...], "labels", "modality", "numTraining", "numTest", "tensorImageSize", ...}
+    DIR/imagesTr/  DIR/labelsTr/  [DIR/masksTr/]      training cases (same file name in each folder)
+    DIR/imagesTs/  DIR/labelsTs/  [DIR/masksTs/]      test cases (labeled: the demo can be evaluated)
+
+- **2D** (:func:`write_demo_2d`): fundus-like images from
+  :func:`qddens_monai.data.vessels.create_vessel_image_2d`, ``vessel_{split}_{i:03d}.png``:
+  image RGB ``uint8``; label and FOV mask 8-bit grey with 0 = background / outside and 255 = vessel /
+  inside (the DRIVE convention: viewable, and one pipeline for demo and real data;
+  :func:`qddens_monai.data.label_transform` maps both 0/255 and 0/1 to 0/1 after ``LoadImaged``).
+  With ``file_format="nifti"``: ``.nii.gz`` files holding the green channel (the channel with the
+  best vessel contrast; an RGB 2D NIfTI would load as ``(3, x, y, 1)``, i.e. 3D) and 0/1
+  label / mask, all ``(x, y)`` equal to what ``PILReader`` gives for the PNGs.
+- **3D** (:func:`write_demo_3d`): spheres from :func:`monai.data.synthetic.create_test_image_3d`,
+  ``spheres_{split}_{i:03d}.nii.gz`` with a non-identity affine (spacing 1.5 x 1.5 x 2 mm, origin
+  (-48, -48, -64)); ``uint8`` labels ``0..num_classes-1``; MR-like ``float32`` images in [0, 1] or
+  CT-like ``int16`` Hounsfield units.
+
+:func:`ensure_demo_data` is the bundle's entry point: it generates a set only where there is none.
+Every output is deterministic for a seed, and item ``i`` depends only on the seed and ``i``.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-import nibabel as nib
 import numpy as np
-import torch
-from monai.data import create_test_image_3d
-from PIL import Image
 
+from qddens_monai.data.datalist import write_datalist
 from qddens_monai.data.vessels import create_vessel_image_2d
 
-__all__ = ["write_demo_2d", "write_demo_3d", "ensure_demo_data", "find_images"]
+__all__ = ["write_demo_2d", "write_demo_3d", "ensure_demo_data", "find_images", "DEMO_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
+
 PathLike = Union[str, os.PathLike]
 
-#: Demo sizes that train in minutes on two CPU cores.
+#: Demo sizes by spatial_dims: they generate in seconds and train in minutes on two CPU cores.
 DEMO_DEFAULTS = {2: {"num_train": 16, "num_test": 4, "size": 128}, 3: {"num_train": 10, "num_test": 2, "size": 64}}
 
 
-def _write_datalist(out: Path, sections: dict[str, list[dict]], meta: dict) -> Path:
-    path = out / "dataset.json"
-    tmp = out / ".dataset.json.tmp"
-    tmp.write_text(json.dumps({**meta, **sections, "numTraining": len(sections["training"]),
-                               "numTest": len(sections["test"])}, indent=2))
-    os.replace(tmp, path)  # dataset.json last: its presence means the set is complete
-    return path
+_FOLDERS = {"image": "images", "label": "labels", "mask": "masks"}
 
 
-def write_demo_2d(
-    out_dir: PathLike, num_train: int = 16, num_test: int = 4, size: int = 128, seed: int = 0, difficulty: float = 0.0
-) -> Path:
-    """Write ``num_train + num_test`` vessel images (RGB PNG), labels and FOV masks (0/255 PNG)."""
+def _rng_seed(seed: int, stream: int, index: int) -> int:
+    """An independent 32-bit seed for item ``index`` of ``stream`` (0: training, 1: test)."""
+    return int(np.random.SeedSequence([int(seed), stream, index]).generate_state(1)[0])
+
+
+def _msd_dirs(out: Path, split: str, keys: Sequence[str]) -> dict[str, Path]:
+    suffix = "Tr" if split == "training" else "Ts"
+    dirs = {k: out / f"{_FOLDERS[k]}{suffix}" for k in keys}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def write_demo_3d(
+    out_dir: PathLike,
+    num_train: int = 10,
+    num_test: int = 2,
+    size: int = 64,
+    seed: int = 0,
+    num_classes: int = 2,
+    modality: str = "MR",
+    spacing: Sequence[float] = (1.5, 1.5, 2.0),
+    origin: Sequence[float] = (-48.0, -48.0, -64.0),
+) -> str:
+    """Write a 3D spheres set (NIfTI, MSD layout) into ``out_dir``; return the path of its dataset.json.
+
+    Args:
+        out_dir: target folder (created).
+        num_train, num_test: number of training and (labeled) test volumes.
+        size: edge length of the cubic volumes.
+        seed: random seed.
+        num_classes: classes including background: 2 gives labels 0/1; ``n`` gives each sphere a random
+            class in ``1..n-1`` (``create_test_image_3d(num_seg_classes=n - 1)``).
+        modality: ``"MR"`` (``float32`` in [0, 1]) or ``"CT"`` (``int16`` Hounsfield units in
+            -100..150, inside the default CT window of :func:`qddens_monai.data.intensity_normalization`).
+        spacing, origin: voxel size and position of voxel 0 (mm), written as qform and sform.
+    """
+    import nibabel as nib
+    from monai.data.synthetic import create_test_image_3d
+
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}.")
+    modality = modality.upper()
+    if modality not in ("MR", "CT"):
+        raise ValueError(f"modality must be 'MR' or 'CT', got {modality!r}.")
     out = Path(out_dir)
-    rng = np.random.default_rng(seed)
-    sections: dict[str, list[dict]] = {"training": [], "test": []}
-    for split, count, suffix in (("training", num_train, "Tr"), ("test", num_test, "Ts")):
-        for folder in ("images", "labels", "masks"):
-            (out / f"{folder}{suffix}").mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image, label, fov = create_vessel_image_2d(size, difficulty=difficulty, random_state=rng)
-            name = f"vessel_{split}_{i:03d}.png"
-            Image.fromarray(image, mode="RGB").save(out / f"images{suffix}" / name)
-            Image.fromarray(label * 255).save(out / f"labels{suffix}" / name)
-            Image.fromarray(fov * 255).save(out / f"masks{suffix}" / name)
-            sections[split].append(
-                {"image": f"./images{suffix}/{name}", "label": f"./labels{suffix}/{name}", "mask": f"./masks{suffix}/{name}"}
-            )
-    meta = {
-        "name": "qddens-monai demo vessels (generated)",
-        "description": "Fundus-like RGB images with vessel labels and FOV masks, generated by qddens_monai.data",
-        "tensorImageSize": "2D",
-        "modality": {"0": "R", "1": "G", "2": "B"},
-        "labels": {"0": "background", "1": "vessel"},
-        "license": "CC0 (generated data)",
-    }
-    return _write_datalist(out, sections, meta)
-
-
-def write_demo_3d(out_dir: PathLike, num_train: int = 10, num_test: int = 2, size: int = 64, seed: int = 0) -> Path:
-    """Write ``monai.data.synthetic`` spheres volumes and labels as NIfTI with spacing 1.5 x 1.5 x 2 mm."""
-    out = Path(out_dir)
-    rng = np.random.RandomState(seed)
-    affine = np.diag([1.5, 1.5, 2.0, 1.0])
-    affine[:3, 3] = (-48.0, -48.0, -64.0)
-    sections: dict[str, list[dict]] = {"training": [], "test": []}
-    for split, count, suffix in (("training", num_train, "Tr"), ("test", num_test, "Ts")):
-        for folder in ("images", "labels"):
-            (out / f"{folder}{suffix}").mkdir(parents=True, exist_ok=True)
+    affine = np.diag([float(v) for v in spacing] + [1.0])
+    affine[:3, 3] = [float(v) for v in origin]
+    lists: dict[str, list[dict]] = {"training": [], "test": []}
+    for stream, (split, count) in enumerate((("training", num_train), ("test", num_test))):
+        dirs = _msd_dirs(out, split, ("image", "label"))
         for i in range(count):
             image, label = create_test_image_3d(
                 size, size, size, num_objs=6, rad_max=max(5, size // 6), rad_min=3, noise_max=0.4,
-                num_seg_classes=1, random_state=rng,
-            )
+                num_seg_classes=num_classes - 1, random_state=np.random.RandomState(_rng_seed(seed, stream, i)),
+            )  # fmt: skip
+            data = np.rint(-100.0 + 250.0 * image).astype(np.int16) if modality == "CT" else image.astype(np.float32)
+            if num_classes == 2:
+                label = label > 0
             name = f"spheres_{split}_{i:03d}.nii.gz"
-            nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(out / f"images{suffix}" / name))
-            nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(out / f"labels{suffix}" / name))
-            sections[split].append({"image": f"./images{suffix}/{name}", "label": f"./labels{suffix}/{name}"})
-    meta = {
-        "name": "qddens-monai demo spheres (generated)",
-        "description": "monai.data.synthetic 3D volumes with sphere labels, generated by qddens_monai.data",
-        "tensorImageSize": "3D",
-        "modality": {"0": "MR"},
-        "labels": {"0": "background", "1": "foreground"},
-        "license": "CC0 (generated data)",
-    }
-    return _write_datalist(out, sections, meta)
+            entry = {}
+            for key, array in (("image", data), ("label", label.astype(np.uint8))):
+                img = nib.Nifti1Image(array, affine)
+                img.set_qform(affine, code=1)  # scanner coordinates in both forms: every reader agrees
+                img.set_sform(affine, code=1)
+                img.header.set_xyzt_units("mm")
+                nib.save(img, os.fspath(dirs[key] / name))
+                entry[key] = os.fspath(dirs[key] / name)
+            lists[split].append(entry)
+    labels = {"0": "background"}
+    labels.update({str(c): "foreground" if num_classes == 2 else f"class_{c}" for c in range(1, num_classes)})
+    return write_datalist(
+        os.fspath(out / "dataset.json"),
+        lists["training"],
+        lists["test"],
+        name="qddens-monai demo spheres (generated)",
+        description="monai.data.synthetic 3D volumes with sphere labels, generated by qddens_monai.data; "
+        "test cases are labeled.",
+        reference="qddens_monai.data.demo.write_demo_3d",
+        license="CC0 (generated data)",
+        tensorImageSize="3D",
+        modality={"0": modality},
+        labels=labels,
+        generator={"spatial_dims": 3, "seed": seed, "size": size, "num_classes": num_classes, "modality": modality},
+    )
+
+
+def write_demo_2d(
+    out_dir: PathLike,
+    num_train: int = 16,
+    num_test: int = 4,
+    size: Union[int, Sequence[int]] = 128,
+    seed: int = 0,
+    difficulty: float = 0.0,
+    file_format: str = "png",
+) -> str:
+    """Write a 2D fundus-like vessel set into ``out_dir``; return the path of its dataset.json.
+
+    Args:
+        out_dir: target folder (created).
+        num_train, num_test: number of training and (labeled) test images.
+        size: ``int`` or ``(height, width)``; ``(584, 565)`` gives DRIVE-size images.
+        seed: random seed.
+        difficulty: 0 (easy) .. 1 (thin, faint vessels, noisy), see :mod:`qddens_monai.data.vessels`.
+        file_format: ``"png"`` (RGB image, 0/255 label and mask) or ``"nifti"`` (see the module doc).
+    """
+    from PIL import Image
+
+    if file_format not in ("png", "nifti"):
+        raise ValueError(f"file_format must be 'png' or 'nifti', got {file_format!r}.")
+    out = Path(out_dir)
+    ext = ".png" if file_format == "png" else ".nii.gz"
+    lists: dict[str, list[dict]] = {"training": [], "test": []}
+    for stream, (split, count) in enumerate((("training", num_train), ("test", num_test))):
+        dirs = _msd_dirs(out, split, ("image", "label", "mask"))
+        for i in range(count):
+            image, label, fov = create_vessel_image_2d(size, difficulty, random_state=_rng_seed(seed, stream, i))
+            name = f"vessel_{split}_{i:03d}{ext}"
+            if file_format == "png":
+                Image.fromarray(image, mode="RGB").save(dirs["image"] / name)
+                Image.fromarray(label * np.uint8(255)).save(dirs["label"] / name)
+                Image.fromarray(fov * np.uint8(255)).save(dirs["mask"] / name)
+            else:
+                import nibabel as nib
+
+                # (row, col) -> (x, y): the arrays PILReader gives for the PNG versions
+                for key, array in (("image", image[..., 1]), ("label", label), ("mask", fov)):
+                    nib.save(nib.Nifti1Image(np.ascontiguousarray(array.T), np.eye(4)), os.fspath(dirs[key] / name))
+            lists[split].append({k: os.fspath(d / name) for k, d in dirs.items()})
+    png = file_format == "png"
+    return write_datalist(
+        os.fspath(out / "dataset.json"),
+        lists["training"],
+        lists["test"],
+        name="qddens-monai demo vessels (generated)",
+        description="Fundus-like images with vessel labels and FOV masks, generated by qddens_monai.data; "
+        + ("labels and masks are 0/255 PNG" if png else "green channel; labels and masks are 0/1")
+        + "; test cases are labeled; evaluate inside the FOV mask.",
+        reference="qddens_monai.data.demo.write_demo_2d",
+        license="CC0 (generated data)",
+        tensorImageSize="2D",
+        modality={"0": "R", "1": "G", "2": "B"} if png else {"0": "G"},
+        labels={"0": "background", "1": "vessel"},
+        generator={"spatial_dims": 2, "seed": seed, "size": size if np.isscalar(size) else list(size),
+                   "difficulty": difficulty, "file_format": file_format},
+    )  # fmt: skip
 
 
 def ensure_demo_data(
@@ -108,29 +211,52 @@ def ensure_demo_data(
     num_test: Optional[int] = None,
     size: Optional[int] = None,
     seed: int = 0,
+    **kwargs,
 ) -> str:
     """The ``dataset.json`` of ``dataset_dir``, generating the demo set there when the folder is empty.
 
-    A folder that holds files but no ``dataset.json`` is the user's data without a datalist:
-    that is an error, never overwritten by demo data.
+    - ``dataset_dir/dataset.json`` exists: nothing is touched (real or earlier generated data).
+    - ``dataset_dir`` is missing or empty: the demo set is generated (:func:`write_demo_2d` or
+      :func:`write_demo_3d`, defaults in :data:`DEMO_DEFAULTS`), and this is logged and printed.
+    - ``dataset_dir`` holds files but no ``dataset.json``: that is the user's data without a
+      datalist, so ``FileNotFoundError``; it is never mixed with demo data.
+
+    The set is written into a temporary sibling folder and moved into place when complete, so an
+    interrupted run leaves no half-written set and concurrent callers (one per GPU) are safe.
+
+    Args:
+        dataset_dir: the data folder (a bundle's ``dataset_dir``).
+        spatial_dims: 2 (fundus-like vessels, PNG) or 3 (spheres, NIfTI).
+        num_train, num_test, size: ``None`` takes :data:`DEMO_DEFAULTS`.
+        seed: random seed; the same arguments give the same files.
+        kwargs: more generator options (``difficulty``, ``file_format``; ``num_classes``, ``modality``).
 
     Returns:
         the path of ``dataset_dir/dataset.json``.
     """
-    out = Path(dataset_dir)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        # One process writes the demo set, the others wait for it.
-        if torch.distributed.get_rank() == 0:
+    import torch.distributed as dist
+
+    out = Path(dataset_dir).expanduser()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # under torchrun one process writes the demo set and the others wait for it (the atomic move
+        # below keeps uncoordinated concurrent callers safe as well)
+        if dist.get_rank() == 0:
             try:
-                return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed)
+                return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed, kwargs)
             finally:
-                torch.distributed.barrier()
-        torch.distributed.barrier()
-    return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed)
+                dist.barrier()
+        dist.barrier()
+    return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed, kwargs)
 
 
 def _ensure_demo_data(
-    out: Path, spatial_dims: int, num_train: Optional[int], num_test: Optional[int], size: Optional[int], seed: int
+    out: Path,
+    spatial_dims: int,
+    num_train: Optional[int],
+    num_test: Optional[int],
+    size: Optional[int],
+    seed: int,
+    kwargs: dict,
 ) -> str:
     datalist = out / "dataset.json"
     if datalist.is_file():
@@ -146,15 +272,29 @@ def _ensure_demo_data(
     if spatial_dims not in DEMO_DEFAULTS:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     kw = {k: v for k, v in {"num_train": num_train, "num_test": num_test, "size": size}.items() if v is not None}
-    kw = {**DEMO_DEFAULTS[spatial_dims], **kw}
+    kw = {**DEMO_DEFAULTS[spatial_dims], **kw, **kwargs}
     message = (
         f"dataset_dir {out} holds no data: generating the {spatial_dims}D demo set there "
-        f"({kw['num_train']} training and {kw['num_test']} test cases of size {kw['size']}, seed {seed})."
+        f"({kw['num_train']} training and {kw['num_test']} test cases of size {kw['size']}, seed {seed}). "
+        "Point dataset_dir at real data to train on it."
     )
     logger.warning(message)
     print(message, flush=True)
-    writer = write_demo_2d if spatial_dims == 2 else write_demo_3d
-    return str(writer(out, seed=seed, **kw))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.generating-", dir=out.parent))
+    try:
+        (write_demo_2d if spatial_dims == 2 else write_demo_3d)(tmp, seed=seed, **kw)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data set is not
+        try:
+            os.replace(tmp, out)  # atomic; on POSIX it also replaces an empty folder
+        except OSError:
+            if not datalist.is_file():  # not beaten by a concurrent caller: move the files in, the json last
+                out.mkdir(parents=True, exist_ok=True)
+                for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "dataset.json"):
+                    shutil.move(os.fspath(entry), os.fspath(out / entry.name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(datalist)
 
 
 def find_images(
@@ -162,7 +302,8 @@ def find_images(
 ) -> list[dict]:
     """``[{"image": path}, ...]`` of the files matching ``dataset_dir/pattern``, sorted, for inference.
 
-    An empty ``dataset_dir`` gets the demo set first (see :func:`ensure_demo_data`).
+    An empty ``dataset_dir`` gets the demo set first (see :func:`ensure_demo_data`). A DICOM series
+    folder matched by ``pattern`` is one image (MONAI's ``LoadImage`` reads a folder as a series).
     """
     out = Path(dataset_dir)
     if not out.is_dir() or not any(out.iterdir()):
