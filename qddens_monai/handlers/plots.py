@@ -29,6 +29,7 @@ import torch
 from monai.utils import IgniteInfo, is_scalar, min_version, optional_import
 from torch import nn
 
+from qddens_monai.evaluation.inferer import merge_learners, split_learners
 from qddens_monai.quantization import quantization_progress
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -909,15 +910,15 @@ class OverlayHandler:
                 if self.inferer is None:
                     probs = _plain(net.probabilities(x))[:, 0]
                 else:
-                    shape: dict[str, int] = {}
+                    num_learners: dict[str, int] = {}
 
                     def flat(inputs: torch.Tensor) -> torch.Tensor:
                         p = _plain(net.probabilities(inputs))  # (K, B, C, *S)
-                        shape["k"], shape["c"] = p.shape[0], p.shape[2]
-                        return p.transpose(0, 1).reshape(p.shape[1], p.shape[0] * p.shape[2], *p.shape[3:])
+                        num_learners["k"] = p.shape[0]
+                        return merge_learners(p)
 
                     out = _plain(self.inferer(x, flat))  # (1, K * C, *S)
-                    probs = out.reshape(out.shape[0], shape["k"], shape["c"], *out.shape[2:])[0]
+                    probs = split_learners(out, num_learners=num_learners["k"])[:, 0]
         finally:
             net.train(was_training)
         return probs.float().cpu()
