@@ -96,3 +96,11 @@ def test_cross_validation_folds():
     assert len(train) == 8 and not {i["image"] for i in train} & {i["image"] for i in val}
     with pytest.raises(ValueError):
         split_datalist(items, num_folds=5, fold=5)
+
+
+def test_relative_datalist_path_is_joined_once(dataset, monkeypatch):
+    # the bundle's default dataset_dir is relative ("./data/demo_2d"): paths must not be joined twice
+    monkeypatch.chdir(dataset.parent)
+    items = load_datalist(os.path.join(".", dataset.name, "dataset.json"))
+    assert items[0]["image"] == str(dataset / "imagesTr" / "a.png")
+    assert items[0]["mask"] == str(dataset / "masksTr" / "a.png")

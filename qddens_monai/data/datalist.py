@@ -77,7 +77,8 @@ def load_datalist(
         raise ValueError(f"{path}: has no {key!r} section (its lists: {lists}).")
     if not content[key]:
         return []  # load_decathlon_datalist indexes [0] of the "test" list
-    base = os.fspath(base_dir) if base_dir is not None else os.fspath(path.parent)
+    # absolute, so that a path MONAI has already joined is not joined to a relative base again
+    base = os.path.abspath(base_dir if base_dir is not None else path.parent)
     if key == "test" or all(isinstance(i, dict) for i in content[key]):
         items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=base)
     else:  # MONAI takes bare image paths only in "test"; accept them in any list
