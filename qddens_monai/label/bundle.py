@@ -45,12 +45,15 @@ def _merged(configs: PathLike, names: list[str], overrides: Mapping[str, Any]) -
     return parser.config  # type: ignore[return-value]
 
 
+def _network(config: Mapping[str, Any], root: PathLike) -> torch.nn.Module:
+    parser = ConfigParser(copy.deepcopy(dict(config)))
+    parser["bundle_root"] = str(root)
+    return parser.get_parsed_content("network_def", instantiate=True)
+
+
 def bundle_network(bundle: PathLike) -> torch.nn.Module:
     """The network of ``bundle``'s ``configs/inference.json`` (``network_def``), on the CPU."""
-    parser = ConfigParser()
-    parser.read_config(str(Path(bundle) / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    return parser.get_parsed_content("network_def", instantiate=True)
+    return _network(ConfigParser.load_config_file(str(Path(bundle) / "configs" / "inference.json")), bundle)
 
 
 def prepare_label_bundle(
@@ -82,21 +85,12 @@ def prepare_label_bundle(
         raise ValueError(f"the label bundle {dst} must be outside the source bundle {src}.")
     overrides = dict(overrides or {})
     extra = ["3d.json"] if spatial_dims == 3 else []
-    (dst / "configs").mkdir(parents=True, exist_ok=True)
-    (dst / "models").mkdir(parents=True, exist_ok=True)
-    for name in ("logging.conf",):
-        shutil.copy2(src / "configs" / name, dst / "configs" / name)
-    if (src / "docs").is_dir():
-        shutil.copytree(src / "docs", dst / "docs", dirs_exist_ok=True)
-
     infer = _merged(src / "configs", ["inference.json", *extra], overrides)
     train = _merged(src / "configs", ["train.json", *extra], overrides)
-    for name, config in (("inference.json", infer), ("train.json", train)):
-        (dst / "configs" / name).write_text(json.dumps(config, indent=4))
 
     meta = json.loads((src / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
-    parser = ConfigParser(infer)
+    parser = ConfigParser(copy.deepcopy(infer))
     roi = list(parser.get_parsed_content("roi_size"))
     in_channels = int(parser.get_parsed_content("in_channels"))
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
@@ -109,26 +103,35 @@ def prepare_label_bundle(
         pred["channel_def"] = {"0": "background", "1": "foreground"} if len(pred["channel_def"]) == 2 else {
             "0": "background", **{str(i): f"class {i}" for i in range(1, len(pred["channel_def"]))}}
         meta["data_type"] = "nibabel"
-    (dst / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
 
+    # Check existing weights before writing anything, so a refused start leaves the folder as it was.
     model = dst / "models" / "model.pt"
-    net = bundle_network(dst)
+    torch.manual_seed(seed)
+    net = _network(infer, dst)
     if model.is_file():
         state = torch.load(model, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
-        if set(state) != set(net.state_dict()):
+        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in state.items()} != expected:
             raise ValueError(
                 f"{model} does not fit the label bundle's network ({spatial_dims}D, overrides {overrides}); "
                 "move it away or start with the settings it was trained with."
             )
+
+    (dst / "configs").mkdir(parents=True, exist_ok=True)
+    (dst / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "configs" / "logging.conf", dst / "configs" / "logging.conf")
+    if (src / "docs").is_dir():
+        shutil.copytree(src / "docs", dst / "docs", dirs_exist_ok=True)
+    for name, config in (("inference.json", infer), ("train.json", train), ("metadata.json", meta)):
+        (dst / "configs" / name).write_text(json.dumps(config, indent=4))
+    if model.is_file():
         return dst
     shipped = src / "models" / "model.pt"
     if spatial_dims == 2 and shipped.is_file() and not overrides:
         shutil.copy2(shipped, model)
     else:
-        torch.manual_seed(seed)
-        net = bundle_network(dst)
         tmp = model.with_suffix(".tmp")
-        torch.save(copy.deepcopy(net.state_dict()), tmp)
+        torch.save(net.state_dict(), tmp)
         os.replace(tmp, model)  # atomic: a crash never leaves a half-written model.pt
     return dst
