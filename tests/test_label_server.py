@@ -15,9 +15,6 @@ scores the server stores, not a learned effect (e.g. that ``ood`` is the most un
 
 import hashlib
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,16 +33,11 @@ if not monailabel_available():
 import httpx  # noqa: E402  (label extra)
 
 from qddens_monai.data import write_dicom_series  # noqa: E402
+from qddens_monai.label.server import LabelServerProcess  # noqa: E402
 
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 POOL = ["dup", "s0", "s1", "s2", "s3", "ood", "ct_series"]  # unlabeled after `lab` is labeled
 START_TIMEOUT = 120
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spheres(seed):
@@ -76,46 +68,19 @@ def _write_studies(root: Path):
     return label
 
 
-class Server:
-    """``python -m qddens_monai label-server`` in a subprocess; stopped (and waited for) by ``stop``."""
+class Server(LabelServerProcess):
+    """The label server in a subprocess (bounded start-up wait) with an HTTP client and helpers."""
 
     def __init__(self, tmp: Path, studies: Path, *extra: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = tmp / "app"
-        self.log = open(tmp / "server.log", "w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
-        cmd = [sys.executable, "-m", "qddens_monai", "label-server", "--studies", str(studies),
-               "--app-dir", str(self.app), "--port", str(self.port), "--override", "roi_size=[32,32,32]", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
+        super().__init__(studies, tmp / "app", ["--override", "roi_size=[32,32,32]", *extra],
+                         log=tmp / "server.log", timeout=START_TIMEOUT)
+        self.app = self.app_dir
         self.client = httpx.Client(base_url=self.url, timeout=120)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.client.get("/info/", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"server not up within {START_TIMEOUT} s:\n{self.tail()}")
-            time.sleep(1)
-
-    def tail(self):
-        self.log.flush()
-        return Path(self.log.name).read_text()[-5000:]
 
     def stop(self):
-        self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self.log.close()
+        if hasattr(self, "client"):
+            self.client.close()
+        super().stop()
 
     def infer(self, model, image, out: Path):
         r = self.client.post(f"/infer/{model}", params={"image": image, "output": "image"}, json={"device": "cpu"})

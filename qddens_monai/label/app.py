@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from monai.transforms import SqueezeDimd
 
 from qddens_monai.label.compat import import_monailabel
 
@@ -48,12 +49,31 @@ from qddens_monai.label.scoring import DisagreementMapd, EnsembleScorer  # noqa:
 from qddens_monai.label.selection import suggest  # noqa: E402
 from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
 
-__all__ = ["QDDEnsLabelApp", "DisagreementInferTask", "EnsembleScoring", "UncertaintyStrategy",
+__all__ = ["QDDEnsLabelApp", "LabelInferTask", "DisagreementInferTask", "EnsembleScoring", "UncertaintyStrategy",
            "SuggestiveStrategy", "SCORE_KEY"]
 
 logger = logging.getLogger(__name__)
 
 SCORE_KEY = "qdd_ens"  # image info key of the stored scores
+
+
+def _drop_2d_channel(task: BundleInferTask, post: list) -> list:
+    # MONAI Label's Restored only drops the channel of 4D results; a 2D (1, H, W) map would be written
+    # as a 1 x H image.
+    if task.dimension == 2:
+        post.append(SqueezeDimd(keys=task.key_pred, dim=0))
+    return post
+
+
+class LabelInferTask(BundleInferTask):
+    """MONAI Label's bundle infer task, writing the label map as uint8 (the stock task writes float32,
+    which PNG studies cannot hold) and without a channel in 2D."""
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return _drop_2d_channel(self, list(super().post_transforms(data)))
+
+    def writer(self, data: dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Any:
+        return super().writer(data, extension=extension, dtype=np.uint8 if dtype is None else dtype)
 
 
 class DisagreementInferTask(BundleInferTask):
@@ -69,11 +89,12 @@ class DisagreementInferTask(BundleInferTask):
 
     def post_transforms(self, data: Any = None) -> Sequence[Callable]:
         num_classes = int(self.bundle_config.get_parsed_content("num_classes"))
-        return [DisagreementMapd(keys=self.key_pred, num_classes=num_classes, kind=self.kind),
-                Restored(keys=self.key_pred, ref_image=self.key_image)]
+        return _drop_2d_channel(self, [DisagreementMapd(keys=self.key_pred, num_classes=num_classes, kind=self.kind),
+                                       Restored(keys=self.key_pred, ref_image=self.key_image)])
 
     def writer(self, data: dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Any:
-        return super().writer(data, extension=extension, dtype=np.float32)
+        # A float map: NIfTI whatever the study's format (PNG holds no floats).
+        return super().writer(data, extension=extension or ".nii.gz", dtype=np.float32)
 
 
 def _model_stamp(path: Path) -> str:
@@ -187,7 +208,7 @@ class QDDEnsLabelApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         for name, path in self.models.items():
-            infers[name] = BundleInferTask(path, self.conf)
+            infers[name] = LabelInferTask(path, self.conf)
             infers[f"{name}_disagreement"] = DisagreementInferTask(path, self.conf, kind=self.kind)
         return infers
 

@@ -13,7 +13,15 @@ from typing import Any, Optional, Union
 from qddens_monai.label.bundle import prepare_label_bundle
 from qddens_monai.label.compat import import_monailabel
 
-__all__ = ["MODEL_NAME", "default_app_dir", "prepare_label_app", "stock_app_source", "start_label_server"]
+__all__ = [
+    "MODEL_NAME",
+    "LabelServerProcess",
+    "default_app_dir",
+    "parse_overrides",
+    "prepare_label_app",
+    "stock_app_source",
+    "start_label_server",
+]
 
 MODEL_NAME = "qddens"
 
@@ -115,3 +123,85 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+class LabelServerProcess:
+    """``python -m qddens_monai label-server ...`` in a subprocess on 127.0.0.1, for scripts and tests.
+
+    Starts the server, waits (bounded) until ``/info/`` answers, and stops it (``stop`` or ``with``).
+
+    Args:
+        studies: the studies folder.
+        app_dir: the app folder.
+        args: further ``label-server`` arguments (``--dims 2``, ``--override K=V``, ``--stock-app``...).
+        log: file receiving the server's output.
+        timeout: seconds to wait for the server to answer.
+        env: extra environment variables (the server runs with ``OMP_NUM_THREADS=1`` unless given).
+    """
+
+    def __init__(
+        self,
+        studies: Union[str, os.PathLike],
+        app_dir: Union[str, os.PathLike],
+        args: Sequence[str] = (),
+        log: Optional[Union[str, os.PathLike]] = None,
+        timeout: float = 120.0,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        import socket
+        import subprocess
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app_dir = Path(app_dir)
+        self.log_path = Path(log) if log else self.app_dir.parent / "label-server.log"
+        self._log = open(self.log_path, "w")
+        cmd = [sys.executable, "-m", "qddens_monai", "label-server", "--studies", str(studies),
+               "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(self.port), *args]
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", **dict(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise RuntimeError(f"label server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"label server did not answer within {timeout} s:\n{self.tail()}")
+            time.sleep(1)
+
+    def tail(self, chars: int = 5000) -> str:
+        """The end of the server's log."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()[-chars:]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the server (kill it after ``timeout`` s) and wait for it."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> "LabelServerProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
