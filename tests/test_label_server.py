@@ -228,3 +228,25 @@ def test_stock_monaibundle_app(tmp_path):
         assert pred.shape == image.shape and np.allclose(pred.affine, AFFINE, atol=1e-4)
     finally:
         srv.stop()
+
+
+def test_2d_png_study_label_and_disagreement(tmp_path):
+    """The 2D bundle (shipped weights) through the app's infer tasks in-process: a PNG study gets a
+    uint8 PNG label of its own size (MONAI Label's stock task writes float32, which PNG cannot hold,
+    and keeps a channel in 2D), and a float NIfTI disagreement map."""
+    from PIL import Image
+
+    from qddens_monai.data import write_demo_2d
+    from qddens_monai.label.app import DisagreementInferTask, LabelInferTask
+    from qddens_monai.label.bundle import prepare_label_bundle
+
+    bundle = str(prepare_label_bundle(tmp_path / "qddens", 2))
+    write_demo_2d(tmp_path / "demo", num_train=0, num_test=1, size=(48, 64), seed=1)
+    study = str(tmp_path / "demo" / "imagesTs" / "vessel_test_000.png")
+    label_file, _ = LabelInferTask(bundle, {})({"image": study, "device": "cpu"})
+    label = np.array(Image.open(label_file))
+    assert label.shape == (48, 64) and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1}
+    dis_file, _ = DisagreementInferTask(bundle, {})({"image": study, "device": "cpu"})
+    dis = nib.load(dis_file)
+    assert dis_file.endswith(".nii.gz") and dis.shape == (64, 48)  # MONAI's (W, H) for a PNG
+    assert np.asarray(dis.dataobj).dtype == np.float32 and float(np.asarray(dis.dataobj).max()) > 0
