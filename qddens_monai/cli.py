@@ -25,6 +25,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     drive = commands.add_parser("prepare-drive", help="convert the published DRIVE layout into the bundle's inputs")
     drive.add_argument("path", help="the DRIVE folder (with training/ and test/)")
     drive.add_argument("--out", default=None, help="output folder (default: DRIVE_prepared beside PATH)")
+    label = commands.add_parser("label-server", help="start a MONAI Label server with the bundle (needs the label extra)")
+    label.add_argument("--studies", required=True, help="studies folder (NIfTI/NRRD files, DICOM series folders)")
+    label.add_argument("--app-dir", default=None, help="app folder (default ~/.cache/qddens-monai/label-app-<n>d)")
+    label.add_argument("--dims", type=int, default=3, choices=(2, 3), help="spatial dimensions of the studies")
+    label.add_argument("--host", default="127.0.0.1")
+    label.add_argument("--port", type=int, default=8000)
+    label.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                       help="bundle config value, e.g. roi_size=[96,96,96]")
+    label.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                       help="MONAI Label app conf, e.g. --conf disagreement entropy")
+    label.add_argument("--stock-app", action="store_true", help="serve MONAI Label's stock monaibundle app instead")
+    label.add_argument("--dryrun", action="store_true", help="prepare the app and check, without starting")
     args = parser.parse_args(argv)
 
     if args.command == "quantization-demo":
@@ -40,6 +52,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.exit(2, f"qddens-monai prepare-drive: {e}\n")
         print(f"DRIVE converted; datalist: {datalist}")
         print(f"Train with: python -m monai.bundle run training --config_file configs/train.json --dataset_dir {Path(datalist).parent}")
+    elif args.command == "label-server":
+        from qddens_monai.label.server import parse_overrides, start_label_server
+
+        try:
+            overrides = parse_overrides(args.override)
+            start_label_server(args.studies, args.app_dir, args.dims, args.host, args.port, overrides,
+                               [tuple(c) for c in args.conf], args.stock_app, args.dryrun)
+        except (ImportError, ValueError, FileNotFoundError) as e:
+            parser.exit(2, f"qddens-monai label-server: {e}\n")
     return 0
 
 

@@ -1,0 +1,236 @@
+"""The project's MONAI Label app: the bundle's stock infer/train tasks plus suggestive annotation.
+
+Adds to MONAI Label's stock ``monaibundle`` app:
+
+- infer ``<model>_disagreement``: the members' per-voxel disagreement map (float), so the annotator
+  sees where the ensemble hesitates;
+- scoring ``qdd_ens``: per unlabeled image, uncertainty (members' disagreement averaged over the
+  image) and descriptor (mean of the deepest encoder feature), stored in the datastore and
+  recomputed when ``model.pt`` changes;
+- strategies ``uncertainty`` (the most uncertain image) and ``suggestive`` (the top-N uncertain,
+  then greedy cosine max-cover over the unlabeled pool, DESIGN §1.5), next to ``random`` / ``first``.
+
+Conf keys (``--conf K V``): ``models`` (bundle folder name under ``<app>/model``), ``disagreement``
+(``variance`` | ``entropy``), ``top_n`` (default 4), ``auto_update_scoring`` (default false:
+strategies score what is missing themselves, so no background process races the datastore).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import SqueezeDimd
+
+from qddens_monai.label.compat import import_monailabel
+
+import_monailabel()
+
+import monailabel  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.datastore import Datastore  # noqa: E402
+from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
+from monailabel.interfaces.tasks.scoring import ScoringMethod  # noqa: E402
+from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
+from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
+from monailabel.tasks.activelearning.first import First  # noqa: E402
+from monailabel.tasks.activelearning.random import Random  # noqa: E402
+from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
+from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: E402
+from monailabel.transform.post import Restored  # noqa: E402
+from monailabel.utils.others.generic import get_bundle_models, strtobool  # noqa: E402
+
+from qddens_monai.evaluation import LearnerProbabilities  # noqa: E402
+from qddens_monai.label.scoring import DisagreementMapd, EnsembleScorer  # noqa: E402
+from qddens_monai.label.selection import suggest  # noqa: E402
+from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
+
+__all__ = ["QDDEnsLabelApp", "LabelInferTask", "DisagreementInferTask", "EnsembleScoring", "UncertaintyStrategy",
+           "SuggestiveStrategy", "SCORE_KEY"]
+
+logger = logging.getLogger(__name__)
+
+SCORE_KEY = "qdd_ens"  # image info key of the stored scores
+
+
+def _drop_2d_channel(task: BundleInferTask, post: list) -> list:
+    # MONAI Label's Restored only drops the channel of 4D results; a 2D (1, H, W) map would be written
+    # as a 1 x H image.
+    if task.dimension == 2:
+        post.append(SqueezeDimd(keys=task.key_pred, dim=0))
+    return post
+
+
+class LabelInferTask(BundleInferTask):
+    """MONAI Label's bundle infer task, writing the label map as uint8 (the stock task writes float32,
+    which PNG studies cannot hold) and without a channel in 2D."""
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return _drop_2d_channel(self, list(super().post_transforms(data)))
+
+    def writer(self, data: dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Any:
+        return super().writer(data, extension=extension, dtype=np.uint8 if dtype is None else dtype)
+
+
+class DisagreementInferTask(BundleInferTask):
+    """The bundle's infer task, returning the members' per-voxel disagreement (float32) instead of labels."""
+
+    def __init__(self, path: str, conf: dict[str, str], kind: str = "variance", **kwargs: Any) -> None:
+        super().__init__(path, conf, **kwargs)
+        self.kind = kind
+        self.description = f"members' per-voxel disagreement ({kind})"
+
+    def inferer(self, data: Any = None) -> Callable:
+        return LearnerProbabilities(super().inferer(data))  # (1, K*C, *S) through the bundle's sliding window
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        num_classes = int(self.bundle_config.get_parsed_content("num_classes"))
+        return _drop_2d_channel(self, [DisagreementMapd(keys=self.key_pred, num_classes=num_classes, kind=self.kind),
+                                       Restored(keys=self.key_pred, ref_image=self.key_image)])
+
+    def writer(self, data: dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Any:
+        # A float map: NIfTI whatever the study's format (PNG holds no floats).
+        return super().writer(data, extension=extension or ".nii.gz", dtype=np.float32)
+
+
+def _model_stamp(path: Path) -> str:
+    s = path.stat()
+    return f"{s.st_mtime_ns}:{s.st_size}"
+
+
+class EnsembleScoring(ScoringMethod):
+    """Stores ``{"uncertainty", "descriptor", "model"}`` under image info ``qdd_ens`` for every image
+    (unlabeled, and labeled ones for ``cover_labeled``) whose score is missing or older than ``model.pt``.
+
+    Args:
+        bundle: the label bundle folder.
+        kind: ``"variance"`` or ``"entropy"``.
+    """
+
+    def __init__(self, bundle: str, kind: str = "variance") -> None:
+        super().__init__(f"QDD-Ens member disagreement ({kind}) and deepest-encoder descriptor")
+        self.bundle = Path(bundle)
+        self.kind = kind
+
+    def score(self, datastore: Datastore, images: Sequence[str], device: str = "cpu") -> dict[str, dict]:
+        """The stored (or freshly computed) scores of ``images``."""
+        stamp = _model_stamp(self.bundle / "models" / "model.pt")
+        scorer: Optional[EnsembleScorer] = None
+        scores = {}
+        for image in images:
+            info = datastore.get_image_info(image).get(SCORE_KEY)
+            if not info or info.get("model") != stamp or info.get("kind") != self.kind:
+                scorer = scorer or EnsembleScorer(self.bundle, device=device, kind=self.kind)
+                info = {**scorer(datastore.get_image_uri(image)), "model": stamp, "kind": self.kind}
+                datastore.update_image_info(image, {SCORE_KEY: info})
+                logger.info(f"{SCORE_KEY}: {image} uncertainty {info['uncertainty']:.6f}")
+            scores[image] = info
+        return scores
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        images = datastore.get_unlabeled_images() + datastore.get_labeled_images()
+        scores = self.score(datastore, images, request.get("device", "cpu"))
+        return {"scored": len(scores)}
+
+
+class UncertaintyStrategy(Strategy):
+    """The unlabeled image the ensemble's members disagree on most."""
+
+    def __init__(self, scoring: EnsembleScoring) -> None:
+        super().__init__("Most uncertain image (QDD-Ens member disagreement)")
+        self.scoring = scoring
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
+        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+        if not images:
+            return None
+        scores = self.scoring.score(datastore, images, request.get("device", "cpu"))
+        best = max(images, key=lambda i: scores[i]["uncertainty"])
+        return {"id": best, "uncertainty": scores[best]["uncertainty"]}
+
+
+class SuggestiveStrategy(Strategy):
+    """QSA suggestive annotation: the ``top_n`` most uncertain unlabeled images, then the one maximizing
+    cosine max-cover representativeness over the whole unlabeled pool.
+
+    Request keys: ``top_n`` (default: the app's), ``cover_labeled`` (default false: labeled images
+    also count as covering the pool, so near-duplicates of labeled images gain little).
+    """
+
+    def __init__(self, scoring: EnsembleScoring, top_n: int = 4) -> None:
+        super().__init__("Suggestive annotation: top-N uncertain, then most representative (QSA)")
+        self.scoring = scoring
+        self.top_n = top_n
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
+        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+        if not images:
+            return None
+        device = request.get("device", "cpu")
+        scores = self.scoring.score(datastore, images, device)
+        descriptors = torch.tensor([scores[i]["descriptor"] for i in images])
+        covered = None
+        if strtobool(str(request.get("cover_labeled", "false"))):
+            labeled = self.scoring.score(datastore, datastore.get_labeled_images(), device)
+            covered = torch.tensor([v["descriptor"] for v in labeled.values()]) if labeled else None
+        top_n = int(request.get("top_n", self.top_n))
+        pick = images[suggest([scores[i]["uncertainty"] for i in images], descriptors, top_n, 1, covered)[0]]
+        return {"id": pick, "uncertainty": scores[pick]["uncertainty"], "top_n": top_n}
+
+
+class QDDEnsLabelApp(MONAILabelApp):
+    """MONAI Label app serving the bundle(s) in ``<app_dir>/model/<name>`` (conf ``models``)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        conf = {"zoo_source": "github", **conf}  # local bundles only: never reach for the model zoo
+        self.models = get_bundle_models(app_dir, conf)
+        missing = [n for n, p in self.models.items() if not os.path.isdir(p)]
+        if missing:
+            raise FileNotFoundError(f"no bundle folder for model(s) {missing} under {app_dir}/model")
+        self.kind = conf.get("disagreement", "variance")
+        self.top_n = int(conf.get("top_n", "4"))
+        if not studies.startswith(("http://", "https://")) and os.path.isdir(studies):
+            convert_dicom_studies(studies)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"QDD-Ens MONAI Label app (MONAI Label {monailabel.__version__})",
+            description="QDD-Ens ensemble segmentation with suggestive annotation from member disagreement",
+            version=monailabel.__version__,
+        )
+        self._auto_update_scoring = strtobool(conf.get("auto_update_scoring", "false"))
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name, path in self.models.items():
+            infers[name] = LabelInferTask(path, self.conf)
+            infers[f"{name}_disagreement"] = DisagreementInferTask(path, self.conf, kind=self.kind)
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        for name, path in self.models.items():
+            task = BundleTrainTask(path, self.conf)
+            if task.is_valid():
+                trainers[name] = task
+        return trainers
+
+    def _scoring(self) -> EnsembleScoring:
+        name = next(iter(self.models))
+        return EnsembleScoring(self.models[name], self.kind)
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        return {SCORE_KEY: self._scoring()} if self.models else {}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        if self.models:
+            scoring = self._scoring()
+            strategies["uncertainty"] = UncertaintyStrategy(scoring)
+            strategies["suggestive"] = SuggestiveStrategy(scoring, self.top_n)
+        return strategies

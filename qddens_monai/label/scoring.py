@@ -1,0 +1,120 @@
+"""Run the bundle's ensemble on one image: per-voxel member disagreement, image uncertainty, descriptor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import MapTransform
+
+from qddens_monai.evaluation import LearnerProbabilities, split_learners, unwrap_network
+from qddens_monai.label.selection import image_uncertainty, voxel_disagreement
+from qddens_monai.networks import ENCODER, load_checkpoint
+
+__all__ = ["DisagreementMapd", "EnsembleScorer", "deepest_encoder_level"]
+
+
+def deepest_encoder_level(roles: list[str]) -> int:
+    """Index of the last ``encoder`` level (the deepest encoder feature map) in a network's level roles."""
+    idx = [i for i, r in enumerate(roles) if r == ENCODER]
+    if not idx:
+        raise ValueError(f"the network has no encoder level (levels: {roles}).")
+    return idx[-1]
+
+
+class DisagreementMapd(MapTransform):
+    """Learner-major probabilities (K*C, *S) -> the members' per-voxel disagreement (1, *S), float32.
+
+    Args:
+        keys: keys holding the output of :class:`~qddens_monai.evaluation.LearnerProbabilities`
+            (decollated, no batch dimension).
+        num_classes: C, to split the K*C channels into the K members.
+        kind: ``"variance"`` or ``"entropy"`` (see :func:`~qddens_monai.label.selection.voxel_disagreement`).
+    """
+
+    def __init__(self, keys: Any, num_classes: int, kind: str = "variance", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.num_classes = int(num_classes)
+        self.kind = kind
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = split_learners(torch.as_tensor(d[key]), num_classes=self.num_classes, batched=False)
+            out = voxel_disagreement(probs.float(), self.kind)[None].float()
+            value = d[key]
+            d[key] = value.__class__(out, meta=value.meta) if hasattr(value, "meta") else out
+        return d
+
+
+class EnsembleScorer:
+    """The bundle's ensemble applied to single images for suggestive annotation.
+
+    Uses the bundle's own ``network_def``, ``preprocessing`` and ``inferer`` (sliding window) from
+    ``configs/inference.json`` and loads ``models/model.pt`` strictly (a mismatch is an error, not
+    silently random weights).
+
+    Args:
+        bundle: the (label-ready) bundle folder.
+        device: torch device for the members.
+        kind: per-voxel disagreement, ``"variance"`` or ``"entropy"``.
+    """
+
+    def __init__(self, bundle: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+                 kind: str = "variance") -> None:
+        self.bundle = Path(bundle)
+        self.model_path = self.bundle / "models" / "model.pt"
+        self.device = torch.device(device)
+        self.kind = kind
+        parser = ConfigParser()
+        parser.read_config(str(self.bundle / "configs" / "inference.json"))
+        parser["bundle_root"] = str(self.bundle)
+        parser["device"] = f"$torch.device('{self.device}')"
+        self.network = load_checkpoint(parser.get_parsed_content("network_def"), self.model_path).to(self.device)
+        self.network.eval()
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        module = unwrap_network(self.network)
+        if not hasattr(module, "forward_learners"):
+            raise TypeError(f"{type(module).__name__} is not an ensemble (no forward_learners): nothing to disagree.")
+        self._level = deepest_encoder_level(module.level_roles)
+
+    @torch.no_grad()
+    def members(self, image: Union[str, os.PathLike]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member probabilities (K, C, *S) of ``image`` (a file the bundle's preprocessing reads) and its
+        descriptor (D,): the base learners' deepest encoder maps, each averaged over space and over the
+        sliding windows, concatenated."""
+        x = self.preprocessing({"image": str(image)})["image"].as_tensor()[None].to(self.device)
+        net = unwrap_network(self.network)
+        sums: list[torch.Tensor] = []
+        probabilities = LearnerProbabilities(self.inferer)
+
+        def record(features: list[list[torch.Tensor]]) -> None:
+            # (B, D) per window batch: every base learner's deepest encoder map, mean over space
+            sums.append(torch.cat([f[self._level].flatten(2).mean(2) for f in features], dim=1))
+
+        # One pass: the probabilities go through the bundle's inferer, the features are recorded on the way.
+        original = net.forward_learners
+
+        def forward_learners(inp: torch.Tensor) -> Any:
+            logits, features = original(inp)
+            record(features)
+            return logits, features
+
+        net.forward_learners = forward_learners  # type: ignore[method-assign]
+        try:
+            merged = probabilities(x, net)
+        finally:
+            del net.forward_learners
+        probs = split_learners(merged, num_learners=probabilities.num_learners)[:, 0]
+        descriptor = torch.cat(sums).mean(0)  # mean over all windows
+        return probs.cpu(), descriptor.cpu()
+
+    def __call__(self, image: Union[str, os.PathLike]) -> dict[str, Any]:
+        """``{"uncertainty": float, "descriptor": [D floats]}`` for ``image``."""
+        probs, descriptor = self.members(image)
+        return {"uncertainty": image_uncertainty(probs, self.kind), "descriptor": descriptor.tolist()}

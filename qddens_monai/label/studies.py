@@ -1,0 +1,57 @@
+"""DICOM series folders in a MONAI Label studies folder, made visible to its local datastore.
+
+MONAI Label's local datastore lists image *files* (``*.nii.gz``, ``*.nrrd``, ...), not DICOM series
+folders. :func:`convert_dicom_studies` reads each series folder once with MONAI's ``LoadImage`` (the
+same reader the bundle uses for a folder, so the geometry is the one the bundle sees) and writes it as
+``<folder>.nii.gz`` beside it, with its affine. Labels saved from the viewer then refer to that file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Union
+
+from monai.data import NibabelWriter
+from monai.transforms import LoadImage
+
+from qddens_monai.data import dicom_series_in
+
+__all__ = ["convert_dicom_studies"]
+
+logger = logging.getLogger(__name__)
+
+
+def convert_dicom_studies(studies: Union[str, os.PathLike]) -> list[Path]:
+    """Write ``<studies>/<series folder>.nii.gz`` for every DICOM series folder directly in ``studies``
+    that has none yet (or an older one); returns the written files.
+
+    Raises:
+        ValueError: a folder holds several series (naming the folder and the series count).
+    """
+    root = Path(studies)
+    written: list[Path] = []
+    loader = LoadImage(image_only=True, ensure_channel_first=False)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.name in ("labels", "logs"):
+            continue  # MONAI Label's own folders
+        series = dicom_series_in(str(folder))
+        if not series:
+            continue
+        if len(series) > 1:
+            raise ValueError(f"DICOM study folder {folder} holds {len(series)} series; put one series per folder.")
+        out = root / f"{folder.name}.nii.gz"
+        newest = max(f.stat().st_mtime for f in folder.iterdir())
+        if out.is_file() and out.stat().st_mtime >= newest:
+            continue
+        image = loader(str(folder))
+        tmp = root / f".{folder.name}.tmp.nii.gz"
+        writer = NibabelWriter()
+        writer.set_data_array(image, channel_dim=None)
+        writer.set_metadata({"affine": image.affine, "original_affine": image.affine}, resample=False)
+        writer.write(str(tmp))
+        os.replace(tmp, out)  # atomic: the datastore never lists a half-written study
+        logger.info(f"DICOM series {folder} -> {out} (shape {tuple(image.shape)})")
+        written.append(out)
+    return written
