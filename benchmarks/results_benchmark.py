@@ -307,7 +307,7 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
     from qddens_monai.networks import DistillationNetwork
     from qddens_monai.quantization import quantize_network
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     job_file = out / "runs" / f"{dims}d_seed{seed}.json"
     if job_file.is_file():
         return json.loads(job_file.read_text())
@@ -482,7 +482,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "into this repository root (see results_doc.py)")  # fmt: skip
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else "full"
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     dims_list = [int(d) for d in args.dims.split(",")]
     tasks = [(d, s) for s in SETTINGS[setting]["seeds"] for d in dims_list]
