@@ -41,6 +41,8 @@ CLAIMS: list[tuple[str, tuple[str, str], tuple[str, str], str]] = [
      "gain"),
     ("the faithful diversity loss makes the base learners disagree more", ("qmenet_quant_div", "disagreement"),
      ("qmenet_quant", "disagreement"), "gain"),
+    ("the ensemble mean (the bundle's output) beats the meta learner alone (5)", ("qmenet_quant_div", "dice"),
+     ("qmenet_quant_div", "meta_dice"), "gain"),
     ("the distilled student keeps the ensemble's accuracy (6 vs 5)", ("student", "dice"), ("qmenet_quant_div", "dice"),
      "no_loss"),
     ("the distilled student beats the UNet trained on labels (6 vs 1)", ("student", "dice"), ("unet", "dice"), "gain"),
@@ -288,7 +290,8 @@ def report_markdown(payload: dict, figures_prefix: str, title_level: str = "#") 
     figs = "\n".join(f"![{f}]({figures_prefix}{f})" for f in FIGURES)
     return f"""{title_level} Results: QME-Net against plain MONAI baselines
 
-Reproduce: `{payload['command']}` (then `python benchmarks/results_doc.py runs/results/results.json --repo .`).
+Reproduce: `{payload['command']}` (then `python benchmarks/results_doc.py runs/results/results.json --repo . --summary benchmarks/results_reading.md`
+writes this page, the figures and the README section from the JSON; the reading above the tables is written by hand).
 Machine: {_machine_line(payload)}.
 
 {_setup(payload)}
