@@ -14,10 +14,11 @@ overlapping their intensity, a bias field), for several seeds:
 5. ``qmenet_quant_div``: + deep diversity loss, faithful form (alpha 0.005, the public code's value), and
    ``qmenet_quant_div_bounded``: the bounded cosine form (alpha 0.05, not tuned);
 6. ``student``: one UNet distilled from variant 5 (faithful) with ``EnsembleDistillationLoss``;
-7. ``unet_5bit``: variant 1's network quantized at 5 bits with the same incremental schedule.
+7. ``unet_5bit``: variant 1's network quantized at 5 bits with the same incremental schedule;
+8. ``qmenet_cenet``: for reference, variant 5 with the bundle's default learners (CE-Net, channels 8..64).
 
-Every QME-Net learner is the *same* MONAI ``UNet`` as the baseline (the bundle's default CE-Net
-learners do not train at this budget, see the README). Every variant gets the same optimizer
+Every QME-Net learner of variants 3-5 is the *same* MONAI ``UNet`` as the baseline (the bundle's default
+CE-Net learners did not train at this budget in an earlier run; variant 8 measures them). Every variant gets the same optimizer
 (Adam, lr 0.005), the same number of epochs and the same learning-rate halving at the epochs where
 the quantized variants take their quantization steps, the same augmentation, and the final weights
 are evaluated (no model selection). Training goes through MONAI's ``SupervisedTrainer`` with the
@@ -66,7 +67,10 @@ VARIANTS: list[tuple[str, str]] = [
     ("qmenet_quant_div_bounded", "5b + diversity loss (bounded)"),
     ("student", "6 distilled student of 5"),
     ("unet_5bit", "7 UNet 5-bit"),
+    ("qmenet_cenet", "8 bundle default (5 with CE-Nets)"),
 ]
+#: Variants that need no other variant's network: a finished job file lacking them gets them added.
+INDEPENDENT_VARIANTS = ("qmenet_cenet",)
 
 #: Data and schedule per setting and data set. ``fp_epochs + len(portions) * epochs_per_step`` epochs for all.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -90,6 +94,7 @@ COMMON = {
     "lr_decay_per_step": 0.5,
     "num_learners": 4,
     "unet": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
+    "cenet": {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},  # the bundle's default learners
     "alpha_faithful": 0.005,
     "alpha_bounded": 0.05,
     "distill_alpha": 0.5,
@@ -177,11 +182,11 @@ def make_unet(dims: int):
                 num_res_units=c["num_res_units"])  # fmt: skip
 
 
-def make_qmenet(dims: int, quantization: str, portions: list[float], probe: int):
+def make_qmenet(dims: int, quantization: str, portions: list[float], probe: int, backbone: str = "unet"):
     from qddens_monai.networks import QMENet
 
     return QMENet(spatial_dims=dims, in_channels=3 if dims == 2 else 1, out_channels=2,
-                  num_learners=COMMON["num_learners"], backbone="unet", backbone_kwargs=dict(COMMON["unet"]),
+                  num_learners=COMMON["num_learners"], backbone=backbone, backbone_kwargs=dict(COMMON[backbone]),
                   quantization=quantization, portions=portions, output="mean", probe_size=probe)  # fmt: skip
 
 
@@ -297,20 +302,22 @@ def softmax(z):
 
 
 def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
-    """All variants on one data set for one seed; writes and returns ``{variant: metrics}``."""
+    """All variants on one data set for one seed; writes and returns ``{variant: metrics}``.
+
+    A finished job is not recomputed; one that lacks only :data:`INDEPENDENT_VARIANTS` (added later) gets them.
+    """
     _setup_threads()
-    import torch
-    from monai.transforms import MeanEnsemble
     from monai.utils import set_determinism
 
-    from qddens_monai.losses import DeepDiversityLoss, EnsembleDistillationLoss, EnsembleLoss
-    from qddens_monai.networks import DistillationNetwork
-    from qddens_monai.quantization import quantize_network
+    from qddens_monai.losses import DeepDiversityLoss, EnsembleLoss
 
     out = Path(out_dir).resolve()
     job_file = out / "runs" / f"{dims}d_seed{seed}.json"
-    if job_file.is_file():
-        return json.loads(job_file.read_text())
+    overlay_file = out / "runs" / f"{dims}d_seed{seed}_overlay.npz"
+    names = [n for n, _ in VARIANTS]
+    existing = json.loads(job_file.read_text()) if job_file.is_file() else None
+    if existing is not None and all(n in existing["variants"] for n in names):
+        return existing
     cfg = SETTINGS[setting][f"{dims}d"]
     datalist = make_dataset(dims, cfg, out, COMMON["data_seed"])
     train_cases, test_cases = load_cases(dims, datalist)
@@ -335,6 +342,59 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
     def single(net):
         return lambda x: (softmax(net(x))[0], None, None)
 
+    if existing is None:
+        core_variants(seed, cfg, dims, loader, record, single)
+    # 8: the bundle's default learners (CE-Net 8..64), otherwise variant 5.
+    if "qmenet_cenet" not in (existing or {}).get("variants", {}):
+        set_determinism(seed)
+        net_q = make_qmenet(dims, "qme_net", cfg["portions"], cfg["size"], backbone="cenet")
+        loss = EnsembleLoss(seg_loss=seg_loss(), alpha=COMMON["alpha_faithful"], diversity=DeepDiversityLoss())
+        seconds = train(net_q, loss, loader(seed), cfg, quantized=True)
+        record("qmenet_cenet", net_q, True, seconds, qme_predictor(net_q), parameter_count(net_q, True),
+               stored_bytes(net_q, True))  # fmt: skip
+
+    if existing is not None:  # add the new variants to the finished job
+        results.update(existing["variants"])
+        with np.load(overlay_file) as old:
+            overlays.update({k: old[k] for k in old.files if k not in ("image", "label")})
+    results = {n: results[n] for n in names if n in results}
+    seconds_total = time.perf_counter() - t_job + (existing or {}).get("seconds", 0.0)
+    job = {"dims": dims, "seed": seed, "seconds": seconds_total, "variants": results}
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp_npz = overlay_file.with_name(overlay_file.stem + ".tmp.npz")
+    np.savez_compressed(tmp_npz, image=_overlay_image(test_cases[0], dims), label=_overlay_label(test_cases[0], dims),
+                        **{k: v.astype(np.float16) for k, v in overlays.items()})  # fmt: skip
+    os.replace(tmp_npz, overlay_file)
+    tmp = job_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(job, indent=1))
+    os.replace(tmp, job_file)  # a finished job only: partial writes never look finished
+    log(f"done in {job['seconds']:.0f}s")
+    return job
+
+
+def qme_predictor(net) -> Callable:
+    """QME-Net's output (the mean of its K learners), its base learners (for the disagreement) and each member."""
+
+    def predict(x):
+        learners = net.probabilities(x)[:, 0]  # (K, C, *S)
+        prob = softmax(net(x))[0]  # the network's own eval output
+        extra = {"meta": learners[-1], "base_mean": learners[:-1].mean(0)}
+        extra.update({f"base_{i}": p for i, p in enumerate(learners[:-1])})
+        return prob, learners[:-1], extra
+
+    return predict
+
+
+def core_variants(seed: int, cfg: dict, dims: int, loader: Callable, record: Callable, single: Callable) -> None:
+    """Variants 1-7 (the student needs variant 5's network, so they run together)."""
+    import torch
+    from monai.transforms import MeanEnsemble
+    from monai.utils import set_determinism
+
+    from qddens_monai.losses import DeepDiversityLoss, EnsembleDistillationLoss, EnsembleLoss
+    from qddens_monai.networks import DistillationNetwork
+    from qddens_monai.quantization import quantize_network
+
     # 1 + 2: four independently trained float UNets; the first is the single baseline.
     members, member_s = [], []
     for k in range(COMMON["num_learners"]):
@@ -355,13 +415,6 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
            infer=lambda x: mean_ensemble([softmax(m(x)) for m in members]))  # fmt: skip
 
     # 3-5: QME-Net with UNet learners.
-    def qme(x):
-        learners = net_q.probabilities(x)[:, 0]  # (K, C, *S)
-        prob = softmax(net_q(x))[0]  # the network's own eval output: the mean of the K learners
-        extra = {"meta": learners[-1], "base_mean": learners[:-1].mean(0)}
-        extra.update({f"base_{i}": p for i, p in enumerate(learners[:-1])})
-        return prob, learners[:-1], extra
-
     qme_specs = [
         ("qmenet_float", "float", 0.0, "faithful"),
         ("qmenet_quant", "qme_net", 0.0, "faithful"),
@@ -375,7 +428,7 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
         loss = EnsembleLoss(seg_loss=seg_loss(), alpha=alpha, diversity=DeepDiversityLoss(form=form))
         quantized = quantization != "float"
         seconds = train(net_q, loss, loader(seed), cfg, quantized=quantized)
-        record(name, net_q, quantized, seconds, qme, parameter_count(net_q, quantized), stored_bytes(net_q, quantized))
+        record(name, net_q, quantized, seconds, qme_predictor(net_q), parameter_count(net_q, quantized), stored_bytes(net_q, quantized))
         if name == "qmenet_quant_div":
             teacher = net_q
 
@@ -396,17 +449,6 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
                      portions=cfg["portions"], seed=seed)  # fmt: skip
     seconds = train(net7, seg_loss(), loader(seed), cfg, quantized=True)
     record("unet_5bit", net7, True, seconds, single(net7), parameter_count(net7, True), stored_bytes(net7, True))
-
-    job = {"dims": dims, "seed": seed, "seconds": time.perf_counter() - t_job, "variants": results}
-    job_file.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "runs" / f"{dims}d_seed{seed}_overlay.npz",
-                        image=_overlay_image(test_cases[0], dims), label=_overlay_label(test_cases[0], dims),
-                        **{k: v.astype(np.float16) for k, v in overlays.items()})  # fmt: skip
-    tmp = job_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(job, indent=1))
-    os.replace(tmp, job_file)  # a finished job only: partial writes never look finished
-    log(f"done in {job['seconds']:.0f}s")
-    return job
 
 
 def _overlay_image(case: dict, dims: int) -> np.ndarray:

@@ -46,6 +46,8 @@ CLAIMS: list[tuple[str, tuple[str, str], tuple[str, str], str]] = [
     ("the distilled student keeps the ensemble's accuracy (6 vs 5)", ("student", "dice"), ("qmenet_quant_div", "dice"),
      "no_loss"),
     ("the distilled student beats the UNet trained on labels (6 vs 1)", ("student", "dice"), ("unet", "dice"), "gain"),
+    ("the bundle's default CE-Net learners do as well as UNet learners (8 vs 5)", ("qmenet_cenet", "dice"),
+     ("qmenet_quant_div", "dice"), "no_loss"),
 ]
 
 

@@ -52,7 +52,7 @@ def test_quick_run_trains_and_evaluates_every_variant(quick_run):
             assert len(v["per_image"]) == results_benchmark.SETTINGS["quick"][f"{run['dims']}d"]["num_test"]
         ens = run["variants"]
         # ensembles report their learners' disagreement and QME-Net its meta learner; singles do not
-        for name in ("uniform_ensemble", "qmenet_float", "qmenet_quant", "qmenet_quant_div"):
+        for name in ("uniform_ensemble", "qmenet_float", "qmenet_quant", "qmenet_quant_div", "qmenet_cenet"):
             assert 0.0 <= ens[name]["disagreement"] <= 1.0
         assert "disagreement" not in ens["unet"] and "meta_dice" in ens["qmenet_quant"]
         # sizes follow from the architectures: 4 UNets, and quantization shrinks what is stored
@@ -86,6 +86,25 @@ def test_a_finished_job_is_not_recomputed(quick_run, tmp_path):
     job = json.loads((out / "runs" / "2d_seed0.json").read_text())
     again = results_benchmark.run_job(2, 0, "quick", str(out))  # returns the stored job, trains nothing
     assert again == job
+
+
+def test_a_variant_added_later_is_computed_alone_and_merged(quick_run, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    out, _, _ = quick_run
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    job_file = copy / "runs" / "3d_seed0.json"
+    job = json.loads(job_file.read_text())
+    del job["variants"]["qmenet_cenet"]  # as written before that variant existed
+    job_file.write_text(json.dumps(job))
+    merged = results_benchmark.run_job(3, 0, "quick", str(copy))
+    assert list(merged["variants"]) == [n for n, _ in results_benchmark.VARIANTS]
+    assert all(merged["variants"][k] == v for k, v in job["variants"].items())  # the others are kept as they were
+    assert 0.0 <= merged["variants"]["qmenet_cenet"]["dice"] <= 1.0
+    assert "qmenet_cenet" in np.load(copy / "runs" / "3d_seed0_overlay.npz").files
 
 
 def test_claim_verdicts_need_a_difference_beyond_one_sd():
