@@ -254,9 +254,11 @@ def plot_overlay(payload: dict, runs_dir: Path, path: Path) -> bool:
 def _machine_line(payload: dict) -> str:
     m = payload["machine"]
     status = "" if payload.get("complete") else " **(incomplete run: only the finished jobs are shown)**"
+    job_minutes = sum(r.get("seconds", 0.0) for r in payload["runs"]) / 60
     return (f"{m['cpu_count']} CPU cores shared with other jobs ({m['processor']}), {payload['workers']} worker "
-            f"processes x 1 torch thread, torch {m['torch']}, MONAI {m['monai']}; wall-clock "
-            f"{payload['wall_seconds'] / 60:.0f} min{status}")  # fmt: skip
+            f"processes x 1 torch thread, torch {m['torch']}, MONAI {m['monai']}; {job_minutes:.0f} min of job time "
+            f"in {payload['workers']} parallel workers (a job: all variants of one data set and seed; the last "
+            f"invocation's wall-clock {payload['wall_seconds'] / 60:.0f} min){status}")  # fmt: skip
 
 
 def _setup(payload: dict) -> str:
