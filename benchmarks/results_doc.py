@@ -275,8 +275,11 @@ def _setup(payload: dict) -> str:
                      f"({d['fp_epochs']} float, then {len(d['portions'])} quantization steps of "
                      f"{d['epochs_per_step']} epochs, portions {d['portions']}).")  # fmt: skip
     u = c["unet"]
-    lines.append(f"- Every network, and every QME-Net learner, is MONAI's `UNet` with channels {u['channels']}, "
-                 f"strides {u['strides']}, {u['num_res_units']} residual unit; K = {c['num_learners']} learners. "
+    cenet = c.get("cenet", {})
+    lines.append(f"- Every network, and every QME-Net learner of variants 3-5, is MONAI's `UNet` with channels "
+                 f"{u['channels']}, strides {u['strides']}, {u['num_res_units']} residual unit (variant 8: the bundle's "
+                 f"CE-Net, channels {cenet.get('channels')}, layers {cenet.get('layers')}); K = {c['num_learners']} "
+                 "learners. "
                  f"Adam lr {c['learning_rate']} for all, halved ({c['lr_decay_per_step']}) at the same epochs for "
                  "all; seeds " + ", ".join(str(x) for x in s["seeds"]) + "; final weights evaluated.")  # fmt: skip
     lines.append(f"- Diversity: faithful alpha {c['alpha_faithful']} (public code), bounded cosine form alpha "
@@ -295,7 +298,8 @@ def report_markdown(payload: dict, figures_prefix: str, title_level: str = "#") 
     return f"""{title_level} Results: QME-Net against plain MONAI baselines
 
 Reproduce: `{payload['command']}` (then `python benchmarks/results_doc.py runs/results/results.json --repo . --summary benchmarks/results_reading.md`
-writes this page, the figures and the README section from the JSON; the reading above the tables is written by hand).
+writes this page, the figures and the README section from the JSON; the reading above the tables is written by hand;
+`--quick` checks the harness, not the science, in a few minutes).
 Machine: {_machine_line(payload)}.
 
 {_setup(payload)}
