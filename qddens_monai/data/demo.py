@@ -21,7 +21,7 @@ writes for DRIVE), so ``imagesTs/*`` finds the test images of every set::
 - **3D** (:func:`write_demo_3d`): spheres from :func:`monai.data.synthetic.create_test_image_3d`,
   ``spheres_{split}_{i:03d}.nii.gz`` with a non-identity affine (spacing 1.5 x 1.5 x 2 mm, origin
   (-48, -48, -64)); ``uint8`` labels ``0..num_classes-1``; MR-like ``float32`` images in [0, 1] or
-  CT-like ``int16`` Hounsfield units.
+  CT-like ``int16`` Hounsfield units; ``difficulty`` > 0 adds smaller spheres, overlapping noise and a bias field.
 
 :func:`ensure_demo_data` is the bundle's entry point: it generates a set only where there is none.
 Every output is deterministic for a seed, and item ``i`` depends only on the seed and ``i``.
@@ -69,6 +69,18 @@ def _msd_dirs(out: Path, split: str, keys: Sequence[str]) -> dict[str, Path]:
     return dirs
 
 
+def _bias_field(image: np.ndarray, amplitude: float, rs: np.random.RandomState) -> np.ndarray:
+    """``image`` times a smooth random field ``1 + amplitude * f`` (``f`` in about [-1, 1]), rescaled to [0, 1]."""
+    grid = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in image.shape], indexing="ij")
+    field = np.zeros(image.shape)
+    for _ in range(3):  # a few random low-frequency plane waves
+        direction = rs.normal(size=image.ndim)
+        direction /= np.linalg.norm(direction) + 1e-12
+        field += np.cos(np.pi * rs.uniform(0.5, 1.5) * sum(g * v for g, v in zip(grid, direction)) + rs.uniform(0, 6.3))
+    out = image * (1.0 + amplitude * field / 3.0)
+    return (out - out.min()) / max(float(out.max() - out.min()), 1e-12)
+
+
 def write_demo_3d(
     out_dir: PathLike,
     num_train: int = 10,
@@ -79,6 +91,7 @@ def write_demo_3d(
     modality: str = "MR",
     spacing: Sequence[float] = (1.5, 1.5, 2.0),
     origin: Sequence[float] = (-48.0, -48.0, -64.0),
+    difficulty: float = 0.0,
 ) -> str:
     """Write a 3D spheres set (NIfTI, MSD layout) into ``out_dir``; return the path of its dataset.json.
 
@@ -92,12 +105,18 @@ def write_demo_3d(
         modality: ``"MR"`` (``float32`` in [0, 1]) or ``"CT"`` (``int16`` Hounsfield units in
             -100..150, inside the default CT window of :func:`qddens_monai.data.intensity_normalization`).
         spacing, origin: voxel size and position of voxel 0 (mm), written as qform and sform.
+        difficulty: 0 (default: the plain ``create_test_image_3d`` spheres, bright over weak noise) .. 1:
+            more and smaller spheres, noise overlapping their intensities, and a smooth multiplicative
+            intensity bias (uneven coil sensitivity), for benchmarks. ``0`` draws exactly what it always did.
     """
     import nibabel as nib
     from monai.data.synthetic import create_test_image_3d
 
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}.")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}.")
+    d = float(difficulty)
     modality = modality.upper()
     if modality not in ("MR", "CT"):
         raise ValueError(f"modality must be 'MR' or 'CT', got {modality!r}.")
@@ -108,10 +127,15 @@ def write_demo_3d(
     for stream, (split, count) in enumerate((("training", num_train), ("test", num_test))):
         dirs = _msd_dirs(out, split, ("image", "label"))
         for i in range(count):
+            rs = np.random.RandomState(_rng_seed(seed, stream, i))
+            rad_min = 3 if d < 0.5 else 2
             image, label = create_test_image_3d(
-                size, size, size, num_objs=6, rad_max=max(5, size // 6), rad_min=3, noise_max=0.4,
-                num_seg_classes=num_classes - 1, random_state=np.random.RandomState(_rng_seed(seed, stream, i)),
+                size, size, size, num_objs=6 + round(6 * d), rad_min=rad_min,
+                rad_max=max(rad_min + 1, round(max(5, size // 6) * (1.0 - 0.3 * d))), noise_max=0.4 + 0.6 * d,
+                num_seg_classes=num_classes - 1, random_state=rs,
             )  # fmt: skip
+            if d > 0:
+                image = _bias_field(image, 0.6 * d, rs)
             data = np.rint(-100.0 + 250.0 * image).astype(np.int16) if modality == "CT" else image.astype(np.float32)
             if num_classes == 2:
                 label = label > 0
@@ -139,7 +163,8 @@ def write_demo_3d(
         tensorImageSize="3D",
         modality={"0": modality},
         labels=labels,
-        generator={"spatial_dims": 3, "seed": seed, "size": size, "num_classes": num_classes, "modality": modality},
+        generator={"spatial_dims": 3, "seed": seed, "size": size, "num_classes": num_classes, "modality": modality,
+                   **({"difficulty": d} if d > 0 else {})},
     )
 
 
