@@ -119,7 +119,12 @@ def load_bundle_network(
 def _read_images(parser: ConfigParser, num_images: int) -> list[torch.Tensor]:
     """The first ``num_images`` images of the bundle's inference datalist, preprocessed: each (C_in, *S)."""
     preprocessing = parser.get_parsed_content("preprocessing")
-    items = parser.get_parsed_content("datalist")[:num_images]
+    try:
+        items = parser.get_parsed_content("datalist")[:num_images]
+    except RuntimeError as e:  # MONAI wraps the error of a config expression; the cause names the file
+        if isinstance(e.__cause__, (FileNotFoundError, ValueError)):
+            raise e.__cause__ from None
+        raise
     return [torch.as_tensor(preprocessing(dict(item))["image"]).float() for item in items]
 
 
