@@ -21,7 +21,7 @@
 Threads default to 1 (PyTorch and ONNX Runtime alike) on the shared 2-core machine. Results go
 to ``runs/export_benchmark/results.json`` (gitignored) and are printed.
 
-Usage: ``python benchmarks/export_benchmark.py [--quick] [--out DIR] [--threads N] [--reps N]``
+Usage: ``python benchmarks/export_benchmark.py [--quick] [--out DIR] [--threads N] [--reps N] [--sw-batch-size N]``
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def latency_case(
     reps: int,
     threads: int,
     eval_images: list[tuple[torch.Tensor, torch.Tensor]],
+    sw_batch_size: int = 4,
 ) -> dict[str, Any]:
     """Latency of every deployment path on ``image`` (C, *S); Dice vs the label on ``eval_images`` if given."""
     frozen = freeze(copy.deepcopy(ensemble)).eval()
@@ -189,13 +190,14 @@ def latency_case(
 
     def infer(net: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return sliding_window_inference(inp, roi, 4, net, overlap=0.25)
+            return sliding_window_inference(inp, roi, sw_batch_size, net, overlap=0.25)
 
     seconds = timed_rounds({k: (lambda n=n: infer(n, x)) for k, n in nets.items()}, reps)
     ref = seconds["eager float"]
     result: dict[str, Any] = {
         "input": list(image.shape),
         "roi": roi,
+        "sw_batch_size": sw_batch_size,
         "seconds": seconds,
         "speedup_vs_eager_ensemble": {k: ref / v for k, v in seconds.items()},
     }
@@ -210,7 +212,9 @@ def latency_case(
     return result
 
 
-def latency_figures(ensemble: nn.Module, work: Path, quick: bool, reps: int, threads: int) -> dict[str, Any]:
+def latency_figures(
+    ensemble: nn.Module, work: Path, quick: bool, reps: int, threads: int, sw_batch_size: int
+) -> dict[str, Any]:
     results = {}
     # 2D: the shipped ensemble; the test images of the 2D demo set (at the size it was trained on).
     data2d = work / "demo_2d"
@@ -232,7 +236,8 @@ def latency_figures(ensemble: nn.Module, work: Path, quick: bool, reps: int, thr
     size2 = roi2[0] if quick else 256
     image2 = torch.nn.functional.interpolate(eval_images[0][0][None], size=(size2, size2), mode="bilinear")[0]
     calib2 = [c for img, _ in eval_images for c in crops(img, roi2, 1 if quick else 4)]
-    results["2D"] = latency_case(ensemble, student, image2, roi2, calib2, work, "ens2d", reps, threads, eval_images)
+    results["2D"] = latency_case(ensemble, student, image2, roi2, calib2, work, "ens2d", reps, threads, eval_images,
+                                 sw_batch_size)
 
     # 3D: the bundle's 3D switch; a synthetic volume.
     p3 = parse(["inference.json", "3d.json"], {"roi_size": [32, 32, 32] if quick else [48, 48, 48]})
@@ -245,7 +250,7 @@ def latency_figures(ensemble: nn.Module, work: Path, quick: bool, reps: int, thr
     vol, _ = create_test_image_3d(side, side, side, num_objs=8, rad_min=2, rad_max=max(4, side // 6), noise_max=0.2, random_state=np.random.RandomState(0))
     image3 = torch.from_numpy(vol.astype(np.float32))[None]
     calib3 = crops(image3, roi3, 1 if quick else 4)
-    results["3D"] = latency_case(ensemble3, student3, image3, roi3, calib3, work, "ens3d", reps, threads, [])
+    results["3D"] = latency_case(ensemble3, student3, image3, roi3, calib3, work, "ens3d", reps, threads, [], sw_batch_size)
     return results
 
 
@@ -255,6 +260,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "runs" / "export_benchmark"), help="results folder")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 5, quick 1)")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward (the bundle's inferer: 4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reps = args.reps or (1 if args.quick else 5)
@@ -267,7 +273,7 @@ def main() -> None:
         t0 = time.perf_counter()
         sizes = size_figures(shipped, work, args.quick)
         t1 = time.perf_counter()
-        latency = latency_figures(shipped, work, args.quick, reps, args.threads)
+        latency = latency_figures(shipped, work, args.quick, reps, args.threads, args.sw_batch_size)
         print(f"(sizes took {t1 - t0:.0f} s, latency {time.perf_counter() - t1:.0f} s)")
     num_learners = shipped.num_learners
 
@@ -286,7 +292,8 @@ def main() -> None:
         "size_qdd_ens_entropy_ge_5x": qdd["ratio_entropy"] >= SIZE_TARGET,
     }
     for case, r in latency.items():
-        print(f"\nLatency {case}: input {r['input']}, ROI {r['roi']}, {reps} round(s), {args.threads} thread(s)")
+        print(f"\nLatency {case}: input {r['input']}, ROI {r['roi']}, {r['sw_batch_size']} window(s) per forward, "
+              f"{reps} round(s), {args.threads} thread(s)")
         for k, sec in r["seconds"].items():
             print(f"  {k:22s} {sec * 1e3:9.1f} ms   {r['speedup_vs_eager_ensemble'][k]:5.2f}x vs eager ensemble   "
                   f"mask Dice vs eager {r['mask_dice_vs_eager'].get(k, float('nan')):.4f}")

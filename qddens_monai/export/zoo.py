@@ -241,6 +241,7 @@ def export_zoo(
     network, parser = load_bundle_network(bundle_dir, checkpoint, student, overrides)
     quantized = any(True for _ in quantized_layers(network))
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{name}.tmp{os.getpid()}"
     tmp_zip = out / f".{name}.zip.tmp{os.getpid()}"
@@ -253,6 +254,8 @@ def export_zoo(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_zip.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed export into a new folder leaves no empty folder either
     result.folder, result.zip_path = folder, zip_path
     result.sizes["zip"] = zip_path.stat().st_size
     return result
