@@ -247,22 +247,27 @@ def latency_figures(
     from monai.data.synthetic import create_test_image_3d
 
     side = roi3[0] if quick else 96
-    vol, _ = create_test_image_3d(side, side, side, num_objs=8, rad_min=2, rad_max=max(4, side // 6), noise_max=0.2, random_state=np.random.RandomState(0))
+    vol, _ = create_test_image_3d(side, side, side, num_objs=8, rad_min=2, rad_max=max(4, side // 6), noise_max=0.2,
+                                  random_state=np.random.RandomState(0))
     image3 = torch.from_numpy(vol.astype(np.float32))[None]
     calib3 = crops(image3, roi3, 1 if quick else 4)
-    results["3D"] = latency_case(ensemble3, student3, image3, roi3, calib3, work, "ens3d", reps, threads, [], sw_batch_size)
+    results["3D"] = latency_case(ensemble3, student3, image3, roi3, calib3, work, "ens3d", reps, threads, [],
+                                 sw_batch_size)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one window per case, 1 round, no fusion variant (checks the harness)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one window per case, 1 round, no fusion variant (checks the harness)"
+    )
     parser.add_argument("--out", default=str(REPO / "runs" / "export_benchmark"), help="results folder")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime threads (default 1)")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 5, quick 1)")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward (the bundle's inferer: 4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the 3D ensemble and the students are freshly initialised
     reps = args.reps or (1 if args.quick else 5)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

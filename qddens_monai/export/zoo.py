@@ -23,9 +23,13 @@ from typing import Any, Optional, Union
 
 import torch
 from monai.bundle import ConfigParser
+from monai.data import save_net_with_metadata
+from monai.inferers import sliding_window_inference
+from monai.transforms import RandSpatialCropSamples
 from torch import nn
 
 from qddens_monai.export.metadata import build_metadata
+from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
 from qddens_monai.export.vendor import rewrite_config, vendor_package
 from qddens_monai.networks.distillation import load_checkpoint
 from qddens_monai.quantization import (
@@ -130,8 +134,6 @@ def _read_images(parser: ConfigParser, num_images: int) -> list[torch.Tensor]:
 
 def _calibration(images: list[torch.Tensor], roi: list[int], num_patches: int) -> list:
     """Random ROI patches (1, C_in, *roi) of ``images``, for ONNX Runtime's int8 calibration."""
-    from monai.transforms import RandSpatialCropSamples
-
     crop = RandSpatialCropSamples(roi, num_samples=num_patches, random_size=False)
     crop.set_random_state(0)
     return [torch.as_tensor(p)[None].numpy() for img in images for p in crop(img)]
@@ -146,8 +148,6 @@ def mask_dice(masks: list[torch.Tensor], reference: list[torch.Tensor]) -> float
 
 def predict_masks(net: nn.Module, images: list[torch.Tensor], roi: list[int]) -> list[torch.Tensor]:
     """Argmax label maps of ``net`` on ``images`` (each (C_in, *S)) through a sliding window of ``roi``."""
-    from monai.inferers import sliding_window_inference
-
     with torch.no_grad():
         return [sliding_window_inference(i[None], roi, 4, net, overlap=0.25).argmax(1) for i in images]
 
@@ -307,7 +307,8 @@ def _build(
     example = torch.rand(1, in_channels, *roi, generator=torch.Generator().manual_seed(0))
     if quantized:
         save_packed(network, models / "model_packed.bin", entropy_coding=True)
-        _write_json(configs / "inference_packed.json", rewrite_config(json.loads((src / "inference_packed.json").read_text())))
+        packed_config = json.loads((src / "inference_packed.json").read_text())
+        _write_json(configs / "inference_packed.json", rewrite_config(packed_config))
     frozen = freeze(copy.deepcopy(network)).eval()
 
     meta_base = json.loads((src / "metadata.json").read_text())
@@ -319,24 +320,20 @@ def _build(
             "plus KL to the ensemble's mean probability); about 1/K of the ensemble's cost. "
             + meta_base.get("description", "")
         )
-    meta = build_metadata(meta_base, f"Model Zoo export of the {what} with TorchScript, packed low-bit and ONNX "
-                          "artifacts; code vendored in scripts/", version, overrides=overrides)
+    artifacts = ["TorchScript"] + (["packed low-bit"] if quantized else []) + (["ONNX float / int8"] if onnx else [])
+    change = f"Model Zoo export of the {what} with {', '.join(artifacts)} artifacts; code vendored in scripts/"
+    meta = build_metadata(meta_base, change, version, overrides=overrides)
     _write_json(configs / "metadata.json", meta)
 
     with torch.no_grad():
         traced = torch.jit.trace(frozen, example, check_trace=False)
-    from monai.data import save_net_with_metadata
-
+    extra = {"inference.json": json.dumps(rewrite_config(inference)).encode()}
     save_net_with_metadata(traced, str(models / "model.ts"), include_config_vals=False, append_timestamp=False,
-                           meta_values=meta, more_extra_files={"inference.json": json.dumps(rewrite_config(inference)).encode()})
+                           meta_values=meta, more_extra_files=extra)
 
     onnx_paths: dict[str, Path] = {}
     if onnx:
-        from qddens_monai.export.onnx import export_onnx, quantize_onnx_int8
-
         onnx_paths["onnxruntime_float"] = export_onnx(frozen, models / "model.onnx", example)
-        from qddens_monai.export.onnx import OnnxRuntimeNetwork
-
         images = _read_images(parser, calibration_images)
         onnx_paths["onnxruntime_int8"] = quantize_onnx_int8(
             onnx_paths["onnxruntime_float"], models / "model_int8.onnx", _calibration(images, roi, calibration_patches)
@@ -345,7 +342,8 @@ def _build(
         result.onnx_dice_vs_pytorch = {
             k: mask_dice(predict_masks(OnnxRuntimeNetwork(p), images, roi), reference) for k, p in onnx_paths.items()
         }
-        _write_json(configs / "inference_onnx.json", rewrite_config(json.loads((src / "inference_onnx.json").read_text())))
+        onnx_config = json.loads((src / "inference_onnx.json").read_text())
+        _write_json(configs / "inference_onnx.json", rewrite_config(onnx_config))
 
     # Documents.
     shutil.copy2(bundle_dir / "docs" / "data_license.txt", docs / "data_license.txt")
