@@ -75,7 +75,7 @@ def test_layout_zip_and_metadata(exported):
                 "scripts/qddens_monai/networks/qmenet.py", "scripts/qddens_monai/export/onnx.py"]:
         assert (folder / rel).is_file(), rel
     assert sorted(p.name for p in (folder / "models").iterdir()) == ARTIFACTS
-    for left_out in ["cli.py", "demo.py", "export/zoo.py", "export/vendor.py"]:
+    for left_out in ["cli.py", "demo.py", "label", "export/zoo.py", "export/vendor.py"]:
         assert not (folder / "scripts" / "qddens_monai" / left_out).exists(), left_out
     # no reference to the installed package is left in the code or the configs (metadata.json is prose)
     for f in list(folder.rglob("*.py")) + [f for f in (folder / "configs").glob("*.json") if f.name != "metadata.json"]:

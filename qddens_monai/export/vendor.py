@@ -14,9 +14,11 @@ __all__ = ["VENDOR_PACKAGE", "VENDOR_EXCLUDE", "vendor_package", "rewrite_names"
 #: Where the package lives inside an exported bundle: the Model Zoo's ``scripts`` convention
 #: (``python -m monai.bundle run`` puts the bundle folder on ``sys.path``).
 VENDOR_PACKAGE = "scripts.qddens_monai"
-#: Package files an exported bundle does not need: the command line, the demo command and the
-#: exporter itself (the vendored ``export`` package keeps only the ONNX Runtime wrapper).
-VENDOR_EXCLUDE = ("cli.py", "demo.py", "export/zoo.py", "export/vendor.py", "export/metadata.py")
+#: Package files (or folders, ending in ``/``) an exported bundle does not need: the command line,
+#: the demo command, the MONAI Label app (it has its own extra) and the exporter itself (the
+#: vendored ``export`` package keeps only the ONNX Runtime wrapper).
+VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/vendor.py",
+                  "export/metadata.py")
 
 _NAME = re.compile(r"(?<![\w.])qddens_monai\b")
 _EXPORT_INIT = '''"""ONNX Runtime inference (vendored by qddens-monai export-zoo)."""
@@ -60,7 +62,7 @@ def vendor_package(bundle_dir: Union[str, os.PathLike], exclude: Sequence[str] =
 
     Args:
         bundle_dir: the bundle folder being exported.
-        exclude: package-relative paths left out.
+        exclude: package-relative files, or folders ending in ``/``, left out.
 
     Returns:
         The vendored package folder.
@@ -74,7 +76,7 @@ def vendor_package(bundle_dir: Union[str, os.PathLike], exclude: Sequence[str] =
     (scripts / "__init__.py").write_text('"""Code of this bundle (the Model Zoo scripts/ convention)."""\n')
     for file in sorted(source.rglob("*.py")):
         rel = file.relative_to(source).as_posix()
-        if rel in exclude or "__pycache__" in rel:
+        if rel in exclude or any(rel.startswith(e) for e in exclude if e.endswith("/")) or "__pycache__" in rel:
             continue
         out = target / rel
         out.parent.mkdir(parents=True, exist_ok=True)
