@@ -37,6 +37,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="MONAI Label app conf, e.g. --conf disagreement entropy")
     label.add_argument("--stock-app", action="store_true", help="serve MONAI Label's stock monaibundle app instead")
     label.add_argument("--dryrun", action="store_true", help="prepare the app and check, without starting")
+    zoo = commands.add_parser(
+        "export-zoo", help="export the trained bundle as a self-contained MONAI Model Zoo bundle folder and zip"
+    )
+    zoo.add_argument("--name", required=True, help="Model Zoo bundle name, e.g. retinal_vessel_fundus_segmentation")
+    zoo.add_argument("--out", required=True, help="folder the bundle folder NAME and NAME.zip are written into")
+    zoo.add_argument("--bundle", default=None, help="the trained source bundle folder (default: the repository's bundle/)")
+    zoo.add_argument("--checkpoint", default=None, help="weights (default: BUNDLE/models/model.pt, or student.pt)")
+    zoo.add_argument("--student", action="store_true", help="export the distilled student instead of the ensemble")
+    zoo.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX float / int8 models")
+    zoo.add_argument("--dataset-dir", default=None, help="images for int8 calibration and the ONNX Dice check")
+    zoo.add_argument("--version", default=None, help="version of the exported bundle (default: the source's)")
     args = parser.parse_args(argv)
 
     if args.command == "quantization-demo":
@@ -61,6 +72,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                [tuple(c) for c in args.conf], args.stock_app, args.dryrun)
         except (ImportError, ValueError, FileNotFoundError) as e:
             parser.exit(2, f"qddens-monai label-server: {e}\n")
+    elif args.command == "export-zoo":
+        from qddens_monai.export import export_zoo
+
+        kwargs = {"bundle_dir": args.bundle} if args.bundle else {}
+        try:
+            result = export_zoo(args.name, args.out, checkpoint=args.checkpoint, student=args.student, onnx=args.onnx,
+                                dataset_dir=args.dataset_dir, version=args.version, **kwargs)
+        except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, KeyError) as e:
+            parser.exit(2, f"qddens-monai export-zoo: {e}\n")
+        print(f"exported {result.folder} and {result.zip_path}")
+        for artifact, size in result.sizes.items():
+            print(f"  {artifact}: {size / 1e6:.2f} MB")
+        for kind, dice in result.onnx_dice_vs_pytorch.items():
+            print(f"  {kind}: Dice {dice:.4f} vs the PyTorch model")
     return 0
 
 

@@ -30,7 +30,10 @@ def load_checkpoint(network: nn.Module, path: Union[str, os.PathLike], key: Opti
         state = state[key]
     elif isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches: name the file
+        raise RuntimeError(f"checkpoint {path} does not match {type(network).__name__}: {e}") from None
     if missing or unexpected:
         raise RuntimeError(
             f"checkpoint {path} does not match {type(network).__name__}: {len(missing)} missing keys "

@@ -10,7 +10,7 @@ from qddens_monai.quantization.network import (
     quantize_network,
     quantized_layers,
 )
-from qddens_monai.quantization.packing import PACKED_FORMAT_VERSION, PackedSize, load_packed, save_packed
+from qddens_monai.quantization.packing import PACKED_FORMAT_VERSION, PackedSize, load_packed, load_packed_network, save_packed
 from qddens_monai.quantization.parametrizations import IncrementalQuantization, StraightThroughQuantization
 from qddens_monai.quantization.partition import PARTITIONS
 from qddens_monai.quantization.quantizers import (
@@ -58,4 +58,5 @@ __all__ = [
     "PackedSize",
     "save_packed",
     "load_packed",
+    "load_packed_network",
 ]

@@ -8,8 +8,10 @@ adaptive range coder goes below ``bits`` per weight when the levels are unevenly
 
 File layout (little endian)::
 
-    b"QDDPACK\\n" | uint32 format version | uint64 header length | JSON header | payload
+    b"QDDPACK\\n" | uint32 format version | uint64 header length | header | payload
 
+The header is JSON, zlib-compressed since format version 2 (it names every tensor, which for
+an ensemble is a sizeable share of a small file); version 1 files (plain JSON) are still read.
 The header lists every tensor with its offset in the payload, and the payload's size and
 CRC-32, so a truncated or altered file is refused before anything is returned.
 :func:`load_packed` returns the state dict of the *frozen* network (plain ``weight`` keys),
@@ -36,12 +38,18 @@ from qddens_monai.quantization.network import freeze, quantized_layers
 from qddens_monai.quantization.parametrizations import IncrementalQuantization
 from qddens_monai.quantization.quantizers import get_quantizer
 
-__all__ = ["PACKED_FORMAT_VERSION", "PackedSize", "save_packed", "load_packed"]
+__all__ = ["PACKED_FORMAT_VERSION", "PackedSize", "save_packed", "load_packed", "load_packed_network"]
 
-PACKED_FORMAT_VERSION = 1
+PACKED_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _MAGIC = b"QDDPACK\n"
 _PREFIX = struct.Struct("<8sIQ")
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def _lzma_filters(raw_bytes: int) -> list[dict]:
+    # A dictionary as large as the data: the same stream as preset 9's 64 MiB one, without
+    # allocating 64 MiB per tensor (which made packing an ensemble take about a minute).
+    return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": max(4096, raw_bytes)}]
 
 PathLike = Union[str, os.PathLike]
 
@@ -71,16 +79,17 @@ def _tensor_from_bytes(buf: bytes, dtype: str, shape: list[int]) -> torch.Tensor
 
 def _pack_codes(codes: np.ndarray, bits: int, entropy_coding: bool) -> bytes:
     if entropy_coding:
-        symbols = codes.astype(np.uint8 if bits <= 8 else np.uint16)
-        return lzma.compress(symbols.tobytes(), format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        symbols = codes.astype(np.uint8 if bits <= 8 else np.uint16).tobytes()
+        return lzma.compress(symbols, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(symbols)))
     planes = (codes[:, None] >> np.arange(bits, dtype=np.int64)) & 1
     return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
 
 
 def _unpack_codes(buf: bytes, bits: int, count: int, entropy_coding: bool) -> np.ndarray:
     if entropy_coding:
-        raw = lzma.decompress(buf, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-        return np.frombuffer(raw, dtype=np.uint8 if bits <= 8 else np.uint16).astype(np.int64)
+        dtype = np.uint8 if bits <= 8 else np.uint16
+        raw = lzma.decompress(buf, format=lzma.FORMAT_RAW, filters=_lzma_filters(count * np.dtype(dtype).itemsize))
+        return np.frombuffer(raw, dtype=dtype).astype(np.int64)
     flat = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=count * bits, bitorder="little")
     return (flat.reshape(count, bits).astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=1)
 
@@ -155,6 +164,7 @@ def save_packed(net: nn.Module, path: PathLike, entropy_coding: bool = False) ->
             "entries": entries,
         }
     ).encode("utf-8")
+    header = zlib.compress(header, 9)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -183,15 +193,16 @@ def load_packed(path: PathLike) -> dict[str, torch.Tensor]:
     if len(data) < _PREFIX.size or data[:8] != _MAGIC:
         raise ValueError(f"{path}: not a qddens-monai packed weights file (bad magic bytes).")
     _, version, header_len = _PREFIX.unpack_from(data)
-    if version != PACKED_FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: packed format version {version}; this qddens-monai reads version {PACKED_FORMAT_VERSION}."
+            f"{path}: packed format version {version}; this qddens-monai reads versions {list(_READABLE_VERSIONS)}."
         )
     if _PREFIX.size + header_len > len(data):
         raise ValueError(f"{path}: truncated (the header is cut off).")
     try:
-        header = json.loads(data[_PREFIX.size : _PREFIX.size + header_len])
-    except ValueError as e:
+        raw = data[_PREFIX.size : _PREFIX.size + header_len]
+        header = json.loads(zlib.decompress(raw) if version >= 2 else raw)
+    except (ValueError, zlib.error) as e:
         raise ValueError(f"{path}: corrupted header ({e}).") from None
     payload = data[_PREFIX.size + header_len :]
     if len(payload) != header["payload_bytes"]:
@@ -215,3 +226,33 @@ def load_packed(path: PathLike) -> dict[str, torch.Tensor]:
         dtype = getattr(torch, e["dtype"].replace("torch.", ""))
         state[e["key"]] = quantizer.decode(codes, params, e["channel_dim"]).to(dtype)
     return state
+
+
+def load_packed_network(network: nn.Module, path: PathLike) -> nn.Module:
+    """``network`` (as built by its ``network_def``, quantized or not) frozen and filled from a packed file.
+
+    This is how inference starts from ``model_packed.bin`` instead of ``model.pt``: the
+    quantization parametrizations are stripped (:func:`freeze` with ``require_complete=False``)
+    and the decoded weights loaded strictly, so the outputs equal those of the frozen network
+    that was packed.
+
+    Args:
+        network: the freshly built network, modified in place and returned.
+        path: a file written by :func:`save_packed`.
+
+    Raises:
+        ValueError: ``path`` is not a readable packed file (see :func:`load_packed`).
+        RuntimeError: its tensors do not match ``network`` (another ``network_def``).
+    """
+    state = load_packed(path)
+    net = freeze(network, require_complete=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise RuntimeError(f"{path} does not match {type(net).__name__} (same network_def?): {e}") from None
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path} does not match {type(net).__name__}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Was it packed from the same network_def?"
+        )
+    return net
