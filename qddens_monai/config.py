@@ -94,6 +94,7 @@ SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
     "student_epochs": _int(1),
     "distill_alpha": _number(0.0, high=1.0),
     "temperature": _number(0.0, low_open=True),
+    "dist_timeout": _int(1),
     "dataset_dir": _path,
     "output_dir": _path,
     "resume_from": _path,

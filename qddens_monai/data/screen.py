@@ -53,13 +53,21 @@ class InputScreen:
         self.items, self.report_path, self.image_key = list(items), os.fspath(report_path), image_key
         self.good: list[dict] = []
         self.failed: list[dict] = []
-        for item in self.items:
-            try:
-                check_datalist([item], spatial_dims=spatial_dims, in_channels=in_channels, image_key=image_key)
-            except DataValidationError as e:
-                problems = [f"{where}: {what}" for where, what in e.problems]
-                self.failed.append({image_key: str(item.get(image_key, item)), "problems": problems})
-                logger.warning(f"skipping {item.get(image_key, item)}: {'; '.join(problems)}")
+        try:  # one pass over all inputs (one reader set-up); problems are then assigned to their entries
+            check_datalist(self.items, spatial_dims=spatial_dims, in_channels=in_channels, image_key=image_key)
+            problems: list[tuple[str, str]] = []
+        except DataValidationError as e:
+            problems = e.problems
+        for n, item in enumerate(self.items):
+            names = {f"datalist entry {n}"}
+            if isinstance(item, dict) and item.get(image_key):
+                files = item[image_key] if isinstance(item[image_key], (list, tuple)) else [item[image_key]]
+                names |= {str(f) for f in files}
+            mine = [f"{where}: {what}" for where, what in problems if where in names]
+            if mine:
+                source = item.get(image_key, item) if isinstance(item, dict) else item
+                self.failed.append({image_key: str(source), "problems": mine})
+                logger.warning(f"skipping {source}: {'; '.join(mine)}")
             else:
                 self.good.append(item)
         logger.info(f"{len(self.good)} of {len(self.items)} inputs pass the checks; {len(self.failed)} are skipped.")
