@@ -53,7 +53,7 @@ def test_two_processes_train_as_well_as_one(single, tmp_path):
     print(f"ensemble on the test images, 1 vs 2 processes: AUC {one['auc']['mean']:.3f} vs {two['auc']['mean']:.3f}, "
           f"Dice {one['dice']['mean']:.3f} vs {two['dice']['mean']:.3f}")
     # 10 short epochs of tiny learners: the Dice threshold is not reached yet, AUC already ranks the vessels.
-    # The bound is a judgment: single-process runs of this budget differ by 0.075 AUC between seeds 0 and 1.
+    # The bound is a judgment: single-process runs of this budget give AUC 0.752 / 0.677 / 0.673 for seeds 0 / 1 / 2.
     assert one["auc"]["mean"] > 0.6 and two["auc"]["mean"] > 0.6
     assert abs(one["auc"]["mean"] - two["auc"]["mean"]) < 0.1
 
