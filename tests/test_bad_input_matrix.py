@@ -8,7 +8,6 @@ All file-level problems of one datalist are reported together, so one run covers
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
