@@ -4,14 +4,15 @@ Runs the bundle's 3D inference (``configs/inference.json`` + ``configs/3d.json``
 ``ConfigWorkflow`` in this process: input screening, ``LoadImaged``, sliding window, ``SaveImaged``) over
 ``--volumes`` generated NIfTI volumes of varying shape around ``--size``^3, and records the resident set
 size (RSS, from ``/proc/self/status``) after every volume. Reports the RSS after ``--warmup`` volumes, at
-the end and at its peak, the growth (end - after warm-up) against ``--bound`` MB, and the slope of a
-least-squares line through the post-warm-up samples; plots RSS per volume. Exit status 1 if the growth
+the end and at its peak, the growth (end - after warm-up, and the peak of the last ``--warmup`` volumes -
+the peak of the first ``--warmup`` after the warm-up) against ``--bound`` MB, and the slope of a
+least-squares line through the post-warm-up samples; plots RSS per volume. Exit status 1 if a growth
 exceeds the bound.
 
 The model has random weights (memory does not depend on them). Data and predictions go to a temporary
 folder that is removed at the end.
 
-    python benchmarks/inference_memory_benchmark.py              # 200 volumes ~40^3 (35-45 per axis), 48^3 window
+    python benchmarks/inference_memory_benchmark.py              # 200 volumes of 56-72 voxels per axis, 48^3 windows
     python benchmarks/inference_memory_benchmark.py --quick      # 12 volumes ~32^3: a smoke test
 """
 
@@ -57,7 +58,7 @@ def write_volumes(folder: Path, count: int, size: int, seed: int = 0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volumes", type=int, default=200)
-    parser.add_argument("--size", type=int, default=40)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--roi", type=int, default=48)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--bound", type=float, default=64.0, help="allowed RSS growth after warm-up, MB")
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.volumes, args.size, args.roi, args.warmup = 12, 32, 32, 4
-    if not 0 < args.warmup < args.volumes:
-        parser.error("need 0 < --warmup < --volumes")
+    if not 0 < 2 * args.warmup <= args.volumes:
+        parser.error("need 0 < 2 x --warmup <= --volumes")
     torch.set_num_threads(1)
     from monai.bundle import ConfigWorkflow
     from ignite.engine import Events
@@ -102,16 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     x = np.arange(args.warmup, args.volumes)
     slope = float(np.polyfit(x, rss[args.warmup:], 1)[0]) * 100 if len(x) > 1 else 0.0
     swings = rss[args.warmup:] - np.polyval(np.polyfit(x, rss[args.warmup:], 1), x) if len(x) > 1 else np.zeros(1)
+    # per-volume swings (buffers of different sizes freed to the OS or kept) hide in single samples:
+    # compare the peaks of the first and the last window of `warmup` volumes after the warm-up, too
+    first_peak, last_peak = rss[args.warmup : 2 * args.warmup].max(), rss[-args.warmup :].max()
     result = {
         "volumes": args.volumes, "size": args.size, "roi": args.roi, "warmup": args.warmup,
         "rss_after_warmup_mb": round(float(after), 1), "rss_end_mb": round(float(rss[-1]), 1),
         "rss_peak_mb": round(float(rss.max()), 1), "growth_mb": round(float(rss[-1] - after), 1),
+        "window_peak_growth_mb": round(float(last_peak - first_peak), 1),
         "slope_mb_per_100_volumes": round(slope, 1), "max_swing_mb": round(float(np.abs(swings).max()), 1),
         "bound_mb": args.bound, "seconds_per_volume": round(seconds / args.volumes, 3),
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**result, "rss_mb": [round(float(v), 2) for v in rss]}, indent=2) + "\n")
     if args.plot:
         import matplotlib
 
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         fig.tight_layout()
         fig.savefig(args.plot)
         plt.close(fig)
-    return 0 if result["growth_mb"] <= args.bound else 1
+    return 0 if max(result["growth_mb"], result["window_peak_growth_mb"]) <= args.bound else 1
 
 
 if __name__ == "__main__":
