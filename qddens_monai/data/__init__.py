@@ -10,6 +10,7 @@ from qddens_monai.data.demo import DEMO_DEFAULTS, ensure_demo_data, find_images,
 from qddens_monai.data.dicom import write_dicom_series
 from qddens_monai.data.dicom_seg import SaveDicomSegd, write_dicom_seg
 from qddens_monai.data.drive import prepare_drive
+from qddens_monai.data.screen import InferenceInputError, InputScreen
 from qddens_monai.data.transforms import MODALITIES, MODALITY_ALIASES, intensity_normalization, label_transform
 from qddens_monai.data.vessels import create_vessel_image_2d
 
@@ -31,6 +32,8 @@ __all__ = [
     "SaveDicomSegd",
     "write_dicom_seg",
     "prepare_drive",
+    "InputScreen",
+    "InferenceInputError",
     "MODALITIES",
     "MODALITY_ALIASES",
     "intensity_normalization",

@@ -6,7 +6,8 @@ A broken file found by a ``DataLoader`` worker in epoch 7 wastes hours and is re
 
 - an empty datalist, items without an image, files that do not exist;
 - unreadable / corrupt files, and formats MONAI's ``LoadImage`` has no reader for (GIF);
-- a DICOM folder holding no series or more than one (the series UIDs are named);
+- a DICOM folder holding no series or more than one (the series UIDs are named), or whose slices are
+  unevenly spaced (missing slices; the InstanceNumbers around the gap are named);
 - wrong dimensionality (e.g. a 4D image where 3D is expected) and channel counts;
 - image / label / mask spatial shapes and affines that do not match;
 - with ``check_values=True`` (the default; reads the data): NaN/Inf values, label values outside
@@ -112,6 +113,27 @@ def _dicom_affine(slices: Sequence[Any]) -> np.ndarray:
     return _LPS_TO_RAS @ lps
 
 
+def _check_slice_spacing(slices: Sequence[Any], normal: np.ndarray, tolerance: float = 0.01) -> None:
+    """Position-sorted slices must be evenly spaced: a gap means missing slices, and uneven spacing would
+    give the volume a wrong geometry (readers assume one slice distance). Names the InstanceNumbers."""
+    if len(slices) < 2:
+        return
+    pos = np.array([float(normal @ np.asarray(getattr(s, "ImagePositionPatient", [0, 0, 0]), float)) for s in slices])
+    gaps = np.diff(pos)
+    step = float(np.median(gaps))
+    number = [getattr(s, "InstanceNumber", "?") for s in slices]
+    if abs(step) < 1e-6 or np.any(np.abs(gaps) < 1e-6):
+        dup = int(np.flatnonzero(np.abs(gaps) < 1e-6)[0]) if np.any(np.abs(gaps) < 1e-6) else 0
+        raise _Problem(f"DICOM slices share a position ({pos[dup]:.3f} mm: InstanceNumber {number[dup]} and {number[dup + 1]}); duplicated or mixed slices")
+    bad = np.flatnonzero(np.abs(gaps - step) > tolerance * abs(step))
+    if bad.size:
+        listed = ", ".join(f"{gaps[i]:.3g} mm between InstanceNumber {number[i]} and {number[i + 1]}" for i in bad[:4])
+        raise _Problem(
+            f"DICOM slice positions are unevenly spaced (usual spacing {step:.3g} mm; {listed}"
+            f"{', ...' if bad.size > 4 else ''}): missing slices or inconsistent spacing"
+        )
+
+
 def read_header(path: str) -> FileHeader:
     """Read the header of an image file or DICOM series folder, without decoding voxels.
 
@@ -138,6 +160,7 @@ def read_header(path: str) -> FileHeader:
         iop = np.asarray(getattr(slices[0], "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=float)
         normal = np.cross(iop[:3], iop[3:])
         slices.sort(key=lambda s: float(normal @ np.asarray(getattr(s, "ImagePositionPatient", [0, 0, 0]), float)))
+        _check_slice_spacing(slices, normal)
         sizes = sorted({(int(s.Rows), int(s.Columns)) for s in slices})
         if len(sizes) > 1:
             raise _Problem(f"DICOM slices have different sizes (rows, columns) {sizes}")

@@ -236,6 +236,7 @@ def ensure_demo_data(
     num_test: Optional[int] = None,
     size: Optional[int] = None,
     seed: int = 0,
+    demo_dir: Optional[PathLike] = None,
     **kwargs,
 ) -> str:
     """The ``dataset.json`` of ``dataset_dir``, generating the demo set there when the folder is empty.
@@ -245,6 +246,8 @@ def ensure_demo_data(
       :func:`write_demo_3d`, defaults in :data:`DEMO_DEFAULTS`), and this is logged and printed.
     - ``dataset_dir`` holds files but no ``dataset.json``: that is the user's data without a
       datalist, so ``FileNotFoundError``; it is never mixed with demo data.
+    - with ``demo_dir`` given, demo data is generated only there: a ``dataset_dir`` elsewhere that is
+      missing or empty is a ``FileNotFoundError`` (a mistyped path must not silently train on demo data).
 
     The set is written into a temporary sibling folder and moved into place when complete, so an
     interrupted run leaves no half-written set and concurrent callers (one per GPU) are safe.
@@ -254,6 +257,8 @@ def ensure_demo_data(
         spatial_dims: 2 (fundus-like vessels, PNG) or 3 (spheres, NIfTI).
         num_train, num_test, size: ``None`` takes :data:`DEMO_DEFAULTS`.
         seed: random seed; the same arguments give the same files.
+        demo_dir: the one folder where demo data may be generated (the bundle's ``demo_dir``);
+            ``None``: any empty ``dataset_dir``.
         kwargs: more generator options (``difficulty``, ``file_format``; ``num_classes``, ``modality``).
 
     Returns:
@@ -262,6 +267,13 @@ def ensure_demo_data(
     import torch.distributed as dist
 
     out = Path(dataset_dir).expanduser()
+    if demo_dir is not None and not (out / "dataset.json").is_file():
+        if os.path.realpath(out) != os.path.realpath(Path(demo_dir).expanduser()):
+            if not out.exists() or (out.is_dir() and not any(not p.name.startswith(".") for p in out.iterdir())):
+                raise FileNotFoundError(
+                    f"dataset_dir {out} {'does not exist' if not out.exists() else 'is empty'}: point it at a folder "
+                    f"with a dataset.json (demo data is generated only into {demo_dir})."
+                )
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         # under torchrun one process writes the demo set and the others wait for it (the atomic move
         # below keeps uncoordinated concurrent callers safe as well)
@@ -323,16 +335,21 @@ def _ensure_demo_data(
 
 
 def find_images(
-    dataset_dir: PathLike, pattern: str = "imagesTs/*", spatial_dims: int = 2, size: Optional[int] = None
+    dataset_dir: PathLike,
+    pattern: str = "imagesTs/*",
+    spatial_dims: int = 2,
+    size: Optional[int] = None,
+    demo_dir: Optional[PathLike] = None,
 ) -> list[dict]:
     """``[{"image": path}, ...]`` of the files matching ``dataset_dir/pattern``, sorted, for inference.
 
-    An empty ``dataset_dir`` gets the demo set first (see :func:`ensure_demo_data`). A DICOM series
-    folder matched by ``pattern`` is one image (MONAI's ``LoadImage`` reads a folder as a series).
+    An empty ``dataset_dir`` gets the demo set first (see :func:`ensure_demo_data`; with ``demo_dir``
+    only when it is that folder, otherwise it is an error). A DICOM series folder matched by
+    ``pattern`` is one image (MONAI's ``LoadImage`` reads a folder as a series).
     """
     out = Path(dataset_dir)
     if not out.is_dir() or not any(out.iterdir()):
-        ensure_demo_data(out, spatial_dims=spatial_dims, size=size)
+        ensure_demo_data(out, spatial_dims=spatial_dims, size=size, demo_dir=demo_dir)
     files = sorted(f for f in glob.glob(str(out / pattern)) if not os.path.basename(f).startswith("."))
     if not files:
         raise FileNotFoundError(f"no image matches {pattern!r} in {out}; set image_glob to where your images are.")

@@ -1,0 +1,123 @@
+"""Type and range checks of a bundle's user-facing settings, run first in ``initialize``.
+
+MONAI's runner hands command-line overrides to the config as Python values parsed by ``fire``: ``--epochs
+abc`` arrives as the string ``'abc'`` and would fail much later, deep inside an expression, with a
+message that names neither the setting nor the flag. The configs gather their settings in a
+``settings`` section of references (``"settings": {"epochs": "@epochs", ...}``) and call
+``"$qddens_monai.config.check_settings(@settings)"`` first in ``initialize``: every wrong value is
+reported at once, as ``--name: what was expected, what was given``, before any file is read or written.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["SettingsError", "SETTING_CHECKS", "check_settings"]
+
+
+class SettingsError(ValueError):
+    """Settings of the wrong type or out of range; ``problems`` lists ``(name, message)``."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  --{name}: {what}" for name, what in problems)
+        super().__init__(f"{len(problems)} invalid setting(s) (config id or command-line override):\n{lines}")
+
+
+def _int(low: int | None = None, high: int | None = None) -> Callable[[Any, Mapping], str | None]:
+    def check(v: Any, _: Mapping) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            return "must be an integer" + (f" >= {low}" if low is not None else "")
+        if (low is not None and v < low) or (high is not None and v > high):
+            return f"must be an integer in [{low}, {high if high is not None else 'inf'}]"
+        return None
+
+    return check
+
+
+def _number(low: float | None = None, low_open: bool = False, high: float | None = None, high_open: bool = False):
+    def check(v: Any, _: Mapping) -> str | None:
+        rng = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
+            return f"must be a number in {rng}"
+        if low is not None and (v < low or (low_open and v == low)) or high is not None and (v > high or (high_open and v == high)):
+            return f"must be a number in {rng}"
+        return None
+
+    return check
+
+
+def _portions(v: Any, _: Mapping) -> str | None:
+    need = "must be a list of strictly increasing accumulated portions in (0, 1] ending at 1.0, e.g. [0.3, 0.6, 0.8, 1.0]"
+    if not isinstance(v, (list, tuple)) or not v or any(isinstance(p, bool) or not isinstance(p, numbers.Real) for p in v):
+        return need
+    if any(b <= a for a, b in zip(v, v[1:])) or v[0] <= 0 or abs(float(v[-1]) - 1.0) > 1e-9:
+        return need
+    return None
+
+
+def _roi_size(v: Any, settings: Mapping) -> str | None:
+    dims = settings.get("spatial_dims")
+    need = f"must be a list of {dims if isinstance(dims, int) else 'spatial_dims'} positive integers, e.g. {[64] * (dims if dims in (2, 3) else 2)}"
+    if not isinstance(v, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in v):
+        return need
+    if isinstance(dims, int) and len(v) != dims:
+        return need
+    return None
+
+
+def _path(v: Any, _: Mapping) -> str | None:
+    return None if isinstance(v, (str, os.PathLike)) else "must be a path (a string)"
+
+
+#: setting name -> check returning ``None`` or what is expected
+SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
+    "spatial_dims": _int(2, 3),
+    "in_channels": _int(1),
+    "num_classes": _int(2),
+    "roi_size": _roi_size,
+    "num_samples": _int(1),
+    "batch_size": _int(1),
+    "epochs": _int(0),
+    "epochQ": _int(1),
+    "portions": _portions,
+    "alpha": _number(0.0),
+    "learning_rate": _number(0.0, low_open=True),
+    "lr_decay_per_step": _number(0.0, low_open=True),
+    "val_interval": _int(1),
+    "val_fraction": _number(0.0, high=1.0, high_open=True),
+    "seed": _int(0, 2**32 - 1),
+    "demo_size": _int(16),
+    "student_epochs": _int(1),
+    "distill_alpha": _number(0.0, high=1.0),
+    "temperature": _number(0.0, low_open=True),
+    "dist_timeout": _int(1),
+    "dataset_dir": _path,
+    "output_dir": _path,
+    "resume_from": _path,
+}
+
+
+def check_settings(settings: Mapping[str, Any], checks: Mapping[str, Callable[[Any, Mapping], str | None]] | None = None) -> dict:
+    """Check ``settings`` (resolved values by name) against :data:`SETTING_CHECKS`; returns them as a dict.
+
+    Args:
+        settings: ``{name: value}``; names without a check are accepted as they are.
+        checks: other checks (default :data:`SETTING_CHECKS`).
+
+    Raises:
+        SettingsError: naming every wrong setting, what it must be and the value and type given.
+    """
+    checks = SETTING_CHECKS if checks is None else checks
+    problems = []
+    for name, value in settings.items():
+        check = checks.get(name)
+        what = check(value, settings) if check is not None else None
+        if what:
+            problems.append((name, f"{what}; got {value!r} ({type(value).__name__})"))
+    if problems:
+        raise SettingsError(problems)
+    return dict(settings)

@@ -1,0 +1,83 @@
+"""Batch inference over many files where some are bad, through MONAI's real bundle runner: the good inputs are
+all segmented, the bad ones listed in ``inference_report.json``, and the exit status says that some failed."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from qddens_monai.data import write_dicom_series
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "roi_size": [16, 16, 16]}
+
+
+def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "3d.json")])
+    for key, value in TINY.items():
+        parser[key] = value
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+
+    images = tmp_path / "data" / "imagesTs"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    good = {}
+    for name, shape in {"case_a": (24, 20, 16), "case_b": (16, 16, 16), "case_c": (20, 24, 18)}.items():
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), affine), str(images / f"{name}.nii.gz"))
+        good[f"{name}_seg.nii.gz"] = shape
+    volume = (rng.random((20, 20, 12)) * 1000).astype(np.float32)
+    write_dicom_series(volume, spacing=(1.5, 1.5, 2.0), out_dir=str(images / "ct_good"))
+    good["ct_good_seg.nii.gz"] = volume.shape
+    nib.save(nib.Nifti1Image(rng.random((16, 16, 16, 2)).astype(np.float32), affine), str(images / "four_d.nii.gz"))
+    nan = rng.random((16, 16, 16)).astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, affine), str(images / "nan.nii.gz"))
+    blob = (images / "case_b.nii.gz").read_bytes()
+    (images / "truncated.nii.gz").write_bytes(blob[: len(blob) // 2])
+    write_dicom_series(volume, out_dir=str(images / "two_series"), series_uid="1.2.826.0.1.3680043.2.21")
+    write_dicom_series(volume, out_dir=str(tmp_path / "other"), series_uid="1.2.826.0.1.3680043.2.22")
+    for f in (tmp_path / "other").iterdir():
+        os.replace(f, images / "two_series" / f"b_{f.name}")
+    write_dicom_series(volume, spacing=(1.5, 1.5, 2.0), out_dir=str(images / "gap_series"))
+    os.remove(images / "gap_series" / "slice_0005.dcm")
+    bad = {"four_d.nii.gz", "nan.nii.gz", "truncated.nii.gz", "two_series", "gap_series"}
+
+    out = tmp_path / "eval" / "predictions"
+    out.mkdir(parents=True)
+    (out / "nan_seg.nii.gz").write_bytes(b"an earlier prediction")  # must survive: nan.nii.gz is skipped
+    earlier = hashlib.sha256((out / "nan_seg.nii.gz").read_bytes()).hexdigest()
+
+    configs = json.dumps(["configs/inference.json", "configs/3d.json"])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tmp_path),
+           "--dataset_dir", str(tmp_path / "data"), "--image_glob", "imagesTs/*"]
+    for key, value in TINY.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert "InferenceInputError: 5 of 9 inputs were not segmented (the other 4 were written)" in log
+
+    for name, shape in good.items():
+        assert nib.load(str(out / name)).shape == shape, name
+    assert hashlib.sha256((out / "nan_seg.nii.gz").read_bytes()).hexdigest() == earlier
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == sorted(set(good) | {"nan_seg.nii.gz"})
+
+    report = json.loads((out / "inference_report.json").read_text())
+    assert report["inputs"] == 9
+    assert sorted(Path(p).name for p in report["segmented"]) == ["case_a.nii.gz", "case_b.nii.gz", "case_c.nii.gz", "ct_good"]
+    failed = {Path(f["image"]).name: " ".join(f["problems"]) for f in report["failed"]}
+    assert set(failed) == bad
+    assert "channels" in failed["four_d.nii.gz"] and "NaN" in failed["nan.nii.gz"]
+    assert "cannot be read" in failed["truncated.nii.gz"]
+    assert "holds 2 DICOM series" in failed["two_series"] and "unevenly spaced" in failed["gap_series"]
