@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 
+from qddens_monai.data import ensure_demo_data
 from qddens_monai.export import OnnxRuntimeNetwork, check_metadata, export_zoo, load_bundle_network
 from qddens_monai.export.metadata import installed_version
 from qddens_monai.quantization import freeze, load_packed_network
@@ -40,7 +41,10 @@ def infer(folder, configs, python=sys.executable, env=None, *args):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data") / "demo_2d"  # the demo set is generated there on first use
+    # the bundle generates demo data only into its own demo_dir: a user folder must hold a dataset.json
+    path = tmp_path_factory.mktemp("data") / "demo_2d"
+    ensure_demo_data(path, spatial_dims=2)
+    return path
 
 
 @pytest.fixture(scope="module")
