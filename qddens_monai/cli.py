@@ -75,10 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.command == "export-zoo":
         from qddens_monai.export import export_zoo
 
-        kwargs = {"bundle_dir": args.bundle} if args.bundle else {}
         try:
-            result = export_zoo(args.name, args.out, checkpoint=args.checkpoint, student=args.student, onnx=args.onnx,
-                                dataset_dir=args.dataset_dir, version=args.version, **kwargs)
+            result = export_zoo(args.name, args.out, bundle_dir=args.bundle, checkpoint=args.checkpoint,
+                                student=args.student, onnx=args.onnx, dataset_dir=args.dataset_dir, version=args.version)
         except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, KeyError) as e:
             parser.exit(2, f"qddens-monai export-zoo: {e}\n")
         print(f"exported {result.folder} and {result.zip_path}")

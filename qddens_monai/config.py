@@ -1,4 +1,4 @@
-"""Type and range checks of a bundle's user-facing settings, run first in ``initialize``.
+"""Where the repository's bundle is, and type and range checks of a bundle's user-facing settings.
 
 MONAI's runner hands command-line overrides to the config as Python values parsed by ``fire``: ``--epochs
 abc`` arrives as the string ``'abc'`` and would fail much later, deep inside an expression, with a
@@ -13,9 +13,24 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["SettingsError", "SETTING_CHECKS", "check_settings"]
+__all__ = ["REPOSITORY", "bundle_dir", "SettingsError", "SETTING_CHECKS", "check_settings"]
+
+#: the repository ``qddens_monai`` is installed from (editable install): it holds ``bundle/``, ``LICENSE``, ``docs/``
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def bundle_dir() -> Path:
+    """The repository's bundle folder (``bundle/`` beside the installed ``qddens_monai`` package)."""
+    path = REPOSITORY / "bundle"
+    if not (path / "configs" / "inference.json").is_file():
+        raise FileNotFoundError(
+            f"no bundle at {path}: qddens_monai must be installed from the repository (pip install -e .), "
+            "or pass the bundle folder explicitly."
+        )
+    return path
 
 
 class SettingsError(ValueError):

@@ -28,6 +28,8 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import RandSpatialCropSamples
 from torch import nn
 
+from qddens_monai.config import REPOSITORY
+from qddens_monai.config import bundle_dir as repository_bundle_dir
 from qddens_monai.export.metadata import build_metadata
 from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
 from qddens_monai.export.vendor import rewrite_config, vendor_package
@@ -56,7 +58,6 @@ PathLike = Union[str, os.PathLike]
 ZOO_NAME = re.compile(r"^[a-z][a-zA-Z0-9]*(_[a-zA-Z0-9]+){2,}$")
 #: The Model Zoo keeps files above this size out of git; they are listed in ``large_files.yml``.
 LARGE_FILE_BYTES = 25 * 1024 * 1024
-_REPO = Path(__file__).resolve().parents[2]
 _FIGURES = ("training_curves.png", "overlay.png")
 
 
@@ -184,7 +185,7 @@ def _verify_net_in_out(folder: Path, timeout: float) -> None:
 def export_zoo(
     name: str,
     out: PathLike,
-    bundle_dir: PathLike = _REPO / "bundle",
+    bundle_dir: Optional[PathLike] = None,
     checkpoint: Optional[PathLike] = None,
     student: bool = False,
     onnx: bool = True,
@@ -207,7 +208,7 @@ def export_zoo(
     Args:
         name: the bundle name (:func:`check_zoo_name`).
         out: the folder the bundle folder and zip are written into (created if missing).
-        bundle_dir: the trained source bundle.
+        bundle_dir: the trained source bundle (default: the repository's ``bundle/``).
         checkpoint: the weights; default ``bundle_dir/models/model.pt`` (``student.pt`` with ``student``).
         student: export the distilled student (a single CE-Net) instead of the ensemble.
         onnx: also write the ONNX float and int8 models (needs ``onnx`` and ``onnxruntime``).
@@ -225,7 +226,7 @@ def export_zoo(
         RuntimeError: checkpoint not matching ``network_def`` or not fully quantized; a failed check.
     """
     check_zoo_name(name)
-    bundle_dir = Path(bundle_dir).resolve()
+    bundle_dir = Path(bundle_dir).resolve() if bundle_dir is not None else repository_bundle_dir()
     out = Path(out).resolve()
     folder, zip_path = out / name, out / f"{name}.zip"
     for existing in (folder, zip_path):
@@ -347,12 +348,12 @@ def _build(
 
     # Documents.
     shutil.copy2(bundle_dir / "docs" / "data_license.txt", docs / "data_license.txt")
-    license_file = _REPO / "LICENSE"
+    license_file = REPOSITORY / "LICENSE"
     if license_file.is_file():
         shutil.copy2(license_file, tmp / "LICENSE")
-    figures = [f for f in _FIGURES if (_REPO / "docs" / "images" / f).is_file()]
+    figures = [f for f in _FIGURES if (REPOSITORY / "docs" / "images" / f).is_file()]
     for f in figures:
-        shutil.copy2(_REPO / "docs" / "images" / f, docs / f)
+        shutil.copy2(REPOSITORY / "docs" / "images" / f, docs / f)
     result.sizes = {p.name: p.stat().st_size for p in sorted(models.iterdir())}
     (docs / "README.md").write_text(_readme(name, meta, student, quantized, result, figures))
     (tmp / "large_files.yml").write_text(_large_files_yml(tmp))

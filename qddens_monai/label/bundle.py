@@ -21,20 +21,11 @@ from typing import Any, Optional, Union
 import torch
 from monai.bundle import ConfigParser
 
+from qddens_monai.config import bundle_dir
+
 __all__ = ["bundle_dir", "prepare_label_bundle", "bundle_network"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def bundle_dir() -> Path:
-    """The repository's bundle folder (``bundle/`` beside the installed ``qddens_monai`` package)."""
-    path = Path(__file__).resolve().parents[2] / "bundle"
-    if not (path / "configs" / "inference.json").is_file():
-        raise FileNotFoundError(
-            f"no bundle at {path}: qddens_monai must be installed from the repository (pip install -e .), "
-            "or pass the bundle folder explicitly."
-        )
-    return path
 
 
 def _merged(configs: PathLike, names: list[str], overrides: Mapping[str, Any]) -> dict:
