@@ -84,6 +84,16 @@ def _roi_size(v: Any, settings: Mapping) -> str | None:
     return None
 
 
+def _or_auto(check: Callable[[Any, Mapping], str | None]) -> Callable[[Any, Mapping], str | None]:
+    """``check``, or the string ``"auto"``: planned from the data set (:mod:`qddens_monai.data.plan`)."""
+
+    def auto(v: Any, settings: Mapping) -> str | None:
+        what = None if v == "auto" else check(v, settings)
+        return f"{what}, or 'auto' (planned from the data)" if what else None
+
+    return auto
+
+
 def _path(v: Any, _: Mapping) -> str | None:
     return None if isinstance(v, (str, os.PathLike)) else "must be a path (a string)"
 
@@ -93,8 +103,8 @@ SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
     "spatial_dims": _int(2, 3),
     "in_channels": _int(1),
     "num_classes": _int(2),
-    "roi_size": _roi_size,
-    "num_samples": _int(1),
+    "roi_size": _or_auto(_roi_size),
+    "num_samples": _or_auto(_int(1)),
     "batch_size": _int(1),
     "epochs": _int(0),
     "epochQ": _int(1),

@@ -81,3 +81,50 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
     assert "channels" in failed["four_d.nii.gz"] and "NaN" in failed["nan.nii.gz"]
     assert "cannot be read" in failed["truncated.nii.gz"]
     assert "holds 2 DICOM series" in failed["two_series"] and "unevenly spaced" in failed["gap_series"]
+
+
+def _run_2d_inference(tmp_path, images, num_classes):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    tiny = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "in_channels": 1, "modality": "mr",
+            "num_classes": num_classes, "roi_size": [32, 32]}
+    for key, value in tiny.items():
+        parser[key] = value
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+           "--bundle_root", str(tmp_path), "--dataset_dir", str(images.parent), "--image_glob", "imagesTs/*"]
+    for key, value in tiny.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return tmp_path / "eval" / "predictions"
+
+
+def test_2d_nifti_in_gives_nifti_out_with_its_geometry_and_class_values(tmp_path):
+    """A 2D NIfTI keeps its affine in the prediction (not a PNG), and 3 classes are written as 0..2, not scaled."""
+    images = tmp_path / "data" / "imagesTs"
+    images.mkdir(parents=True)
+    affine = np.diag([0.8, 0.7, 3.0, 1.0])
+    affine[:3, 3] = [-40.0, 12.5, 7.0]
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((40, 48)).astype(np.float32), affine), str(images / "slice.nii.gz"))
+    out = _run_2d_inference(tmp_path, images, num_classes=3)
+    assert sorted(p.name for p in out.glob("*_seg*")) == ["slice_seg.nii.gz"]
+    seg = nib.load(str(out / "slice_seg.nii.gz"))
+    assert seg.shape[:2] == (40, 48) and int(np.prod(seg.shape[2:])) == 1
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+
+
+def test_2d_png_in_gives_a_viewable_binary_png_out(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "data" / "imagesTs"
+    images.mkdir(parents=True)
+    Image.fromarray((np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)).save(images / "photo.png")
+    out = _run_2d_inference(tmp_path, images, num_classes=2)
+    assert sorted(p.name for p in out.glob("*_seg*")) == ["photo_seg.png"]
+    seg = np.asarray(Image.open(out / "photo_seg.png"))
+    assert seg.shape == (40, 48) and set(np.unique(seg)) <= {0, 255}

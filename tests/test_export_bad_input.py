@@ -71,7 +71,7 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     with pytest.raises(RuntimeError, match=r"cenet.pt does not match QMENet: \d+ missing keys"):
         export_zoo(NAME, tmp_path / "out", checkpoint=ckpt, onnx=False)
     # and the ensemble's weights do not fit the student's network_def
-    with pytest.raises(RuntimeError, match="does not match CENet"):
+    with pytest.raises(RuntimeError, match="does not match UNet"):
         export_zoo(NAME, tmp_path / "out", checkpoint=BUNDLE / "models" / "model.pt", student=True, onnx=False)
     assert not (tmp_path / "out").exists()
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader
@@ -18,10 +19,11 @@ from qddens_monai.quantization import is_quantization_complete, quantization_pro
 HERE = Path(__file__).parent
 
 
-def make_trainer(max_epochs, handlers_before=(), seed=0):
+def make_trainer(max_epochs, handlers_before=(), seed=0, quantize=True):
     torch.manual_seed(seed)
     net = UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
-    quantize_network(net, "power_of_two", 5, partition="two_stage", seed=7)
+    if quantize:
+        quantize_network(net, "power_of_two", 5, partition="two_stage", seed=7)
     gen = torch.Generator().manual_seed(1)
     data = [
         {"image": torch.randn(1, 32, 32, generator=gen), "label": (torch.rand(1, 32, 32, generator=gen) > 0.5).float()}
@@ -29,7 +31,7 @@ def make_trainer(max_epochs, handlers_before=(), seed=0):
     ]
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     handler = IncrementalQuantizationHandler(net, fp_epochs=2, epochs_per_step=1, optimizer=optimizer, reset_lr=True,
-                                             lr_decay=0.5)
+                                             lr_decay=0.5, steps=4)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=max_epochs,
@@ -53,6 +55,19 @@ def test_schedule_follows_epochs_and_lr_is_reset():
     assert [s for s, _ in seen] == [0, 1, 2, 3, 4, 4]
     assert [lr for _, lr in seen] == [1e-2, 1e-2 * 0.5, 1e-2 * 0.25, 1e-2 * 0.125, 1e-2 * 0.0625, 1e-2 * 0.0625]
     assert is_quantization_complete(net)
+
+
+def test_float_network_gets_the_same_lr_schedule_with_steps():
+    """The bundle's ``quantization: float`` keeps the schedule's lr changes at the same epochs, quantizing nothing."""
+    trainer, net, optimizer, handler = make_trainer(max_epochs=6, quantize=False)
+    seen = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(optimizer.param_groups[0]["lr"]))
+    assert handler.total_epochs == 6 and not handler.quantized
+    trainer.run()
+    assert seen == [1e-2, 1e-2 * 0.5, 1e-2 * 0.25, 1e-2 * 0.125, 1e-2 * 0.0625, 1e-2 * 0.0625]
+    assert quantization_progress(net) == (0, 0)
+    with pytest.raises(ValueError, match="no incremental quantization"):
+        IncrementalQuantizationHandler(net, fp_epochs=2, epochs_per_step=1)  # no steps: nothing to schedule
 
 
 def test_resume_from_checkpoint_mid_schedule_equals_uninterrupted(tmp_path):

@@ -277,3 +277,22 @@ def test_learner_disagreement_values():
     assert float(learner_disagreement(same).abs().max()) == 0.0
     with pytest.raises(ValueError):
         learner_disagreement(probs, "kl")
+
+
+@pytest.mark.parametrize("output", ["meta", "mean"])
+def test_overlay_without_pred_draws_the_ensembles_own_output(tmp_path, output):
+    """Evaluation engines carry every learner's probabilities as ``pred`` (K * C channels): with ``pred_key=None``
+    the overlay draws the network's configured output instead of an argmax over K * C channels."""
+    net = QMENet(2, 1, 2, num_learners=3, backbone="unet",
+                 backbone_kwargs={"channels": (4, 8), "strides": (2,), "num_res_units": 0}, quantization="float",
+                 output=output)  # fmt: skip
+    handler = OverlayHandler(tmp_path, network=net, pred_key=None)
+    probs = torch.zeros(3, 2, 4, 4)
+    probs[:, 0] = 1.0
+    probs[-1, :, :2] = torch.tensor([0.0, 1.0])[:, None, None]  # the meta learner alone says class 1 in the top half
+    drawn = handler.prediction(None, probs)
+    expected = np.zeros((4, 4), dtype=drawn.dtype)
+    if output == "meta":
+        expected[:2] = 1  # the mean (1/3) stays background
+    np.testing.assert_array_equal(drawn, expected)
+    np.testing.assert_array_equal(handler.prediction(torch.ones(1, 4, 4), probs), np.ones((4, 4)))  # a given pred wins

@@ -210,7 +210,7 @@ def export_zoo(
         out: the folder the bundle folder and zip are written into (created if missing).
         bundle_dir: the trained source bundle (default: the repository's ``bundle/``).
         checkpoint: the weights; default ``bundle_dir/models/model.pt`` (``student.pt`` with ``student``).
-        student: export the distilled student (a single CE-Net) instead of the ensemble.
+        student: export the distilled student (a single MONAI UNet, learner-sized) instead of the ensemble.
         onnx: also write the ONNX float and int8 models (needs ``onnx`` and ``onnxruntime``).
         dataset_dir: images for int8 calibration and the ONNX-vs-PyTorch Dice (default: the
             bundle's ``dataset_dir``; its demo set is generated there when it is empty).
@@ -313,11 +313,11 @@ def _build(
     frozen = freeze(copy.deepcopy(network)).eval()
 
     meta_base = json.loads((src / "metadata.json").read_text())
-    what = "distilled CE-Net student" if student else "QDD-Ens ensemble"
+    what = "distilled UNet student" if student else "QDD-Ens ensemble"
     overrides = {"name": f"{meta_base.get('name', name)} ({'student' if student else 'ensemble'})"}
     if student:
         overrides["description"] = (
-            "A single CE-Net distilled from the QDD-Ens ensemble (knowledge distillation: DiceCE on the labels "
+            "A single MONAI UNet distilled from the QDD-Ens ensemble (knowledge distillation: DiceCE on the labels "
             "plus KL to the ensemble's mean probability); about 1/K of the ensemble's cost. "
             + meta_base.get("description", "")
         )

@@ -35,6 +35,9 @@ class IncrementalQuantizationHandler:
         reset_lr: at each step set every param group's ``lr`` back to its value when the
             handler was attached (its ``initial_lr`` if a scheduler recorded one).
         lr_decay: then multiply it by ``lr_decay ** step`` (e.g. 0.5 halves it at every step).
+        steps: for a network *without* quantization (e.g. the bundle's ``quantization: float``): the
+            number of schedule steps whose learning-rate changes are still applied, at the same
+            epochs, so float and quantized runs share one schedule. Ignored for a quantized network.
         name: logger name.
     """
 
@@ -46,6 +49,7 @@ class IncrementalQuantizationHandler:
         optimizer: Optional[torch.optim.Optimizer] = None,
         reset_lr: bool = False,
         lr_decay: float = 1.0,
+        steps: Optional[int] = None,
         name: Optional[str] = None,
     ) -> None:
         if int(fp_epochs) < 0 or int(epochs_per_step) < 1:
@@ -60,20 +64,25 @@ class IncrementalQuantizationHandler:
         self.lr_decay = float(lr_decay)
         self.logger = logging.getLogger(name or __name__)
         self._base_lrs: list[float] = []
-        if quantization_progress(network)[1] == 0:
-            raise ValueError(f"{type(network).__name__} has no incremental quantization; call quantize_network first.")
+        self.quantized = quantization_progress(network)[1] > 0
+        self.num_steps = quantization_progress(network)[1] if self.quantized else int(steps or 0)
+        self._lr_steps: Optional[int] = None  # schedule steps applied to the lr of a network without quantization
+        if self.num_steps == 0:
+            raise ValueError(
+                f"{type(network).__name__} has no incremental quantization; call quantize_network first "
+                "(or give `steps` to apply the schedule's learning-rate changes alone)."
+            )
 
     def steps_due(self, epoch: int) -> int:
         """How many steps must have been taken once ``epoch`` epochs are complete."""
-        total = quantization_progress(self.network)[1]
         if epoch < self.fp_epochs:
             return 0
-        return min(total, (epoch - self.fp_epochs) // self.epochs_per_step + 1)
+        return min(self.num_steps, (epoch - self.fp_epochs) // self.epochs_per_step + 1)
 
     @property
     def total_epochs(self) -> int:
         """Epochs the whole schedule spans, the last step's epochs included."""
-        return self.fp_epochs + quantization_progress(self.network)[1] * self.epochs_per_step
+        return self.fp_epochs + self.num_steps * self.epochs_per_step
 
     def attach(self, engine: Engine) -> None:
         from ignite.engine import Events
@@ -85,6 +94,14 @@ class IncrementalQuantizationHandler:
 
     def __call__(self, engine: Engine, completed_epochs_offset: int = 0) -> None:
         due = self.steps_due(engine.state.epoch + completed_epochs_offset)
+        if not self.quantized:
+            if self._lr_steps is None:  # first call; a resumed optimizer already carries the earlier steps' lr
+                self._lr_steps = 0 if self.reset_lr else due
+            while self._lr_steps < due:
+                self._lr_steps += 1
+                self.logger.info(f"Epoch {engine.state.epoch}: schedule step {self._lr_steps}/{self.num_steps} (no quantization).")
+                self._set_lr(self._lr_steps)
+            return
         done, total = quantization_progress(self.network)
         while done < due:
             done = quantization_step(self.network)
@@ -93,9 +110,13 @@ class IncrementalQuantizationHandler:
                 f"Epoch {engine.state.epoch}: quantization step {done}/{total}: "
                 f"{report.fraction_frozen:.1%} of {report.quantized_params:,} weights quantized and frozen."
             )
-            if self.optimizer is not None:
-                for group, base in zip(self.optimizer.param_groups, self._base_lrs):
-                    if self.reset_lr:
-                        group["lr"] = base * self.lr_decay**done
-                    else:
-                        group["lr"] *= self.lr_decay
+            self._set_lr(done)
+
+    def _set_lr(self, step: int) -> None:
+        if self.optimizer is None:
+            return
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            if self.reset_lr:
+                group["lr"] = base * self.lr_decay**step
+            else:
+                group["lr"] *= self.lr_decay

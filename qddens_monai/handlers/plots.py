@@ -708,7 +708,8 @@ class OverlayHandler:
 
     Labels and predictions may be label maps ``(1, *S)`` or one-hot/probabilities/logits ``(C, *S)`` (argmax);
     a 1-channel non-integer prediction is thresholded at 0.5 (at 0 if it has values outside [0, 1], logits).
-    When ``pred`` is missing the prediction is the argmax of the learners' mean probability.
+    When ``pred`` is missing (or ``pred_key`` is ``None``) the prediction is the argmax of the ensemble's own output:
+    the meta learner's probability if its ``output`` is ``"meta"``, else the learners' mean probability.
 
     For 3D samples ``(C, *S)`` the panels show one slice along spatial axis ``slice_axis``: the one with the
     most label voxels (``slice_mode="label"``, the middle one if the label is missing or empty) or the middle
@@ -770,7 +771,7 @@ class OverlayHandler:
         inferer: Optional[Callable[..., Any]] = None,
         image_key: str = "image",
         label_key: str = "label",
-        pred_key: str = "pred",
+        pred_key: Optional[str] = "pred",
         slice_mode: str = "label",
         slice_axis: int = -1,
         image_channel: int = 0,
@@ -923,6 +924,16 @@ class OverlayHandler:
             net.train(was_training)
         return probs.float().cpu()
 
+    def prediction(self, pred: Optional[torch.Tensor], probs: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+        """The class map drawn: ``pred`` (``(C, *S)`` or a label map) if given, else the ensemble's own output
+        from its learners' probabilities ``probs`` ``(K, C, *S)``: the meta learner's (last) if the network's
+        ``output`` is ``"meta"``, else the learners' mean."""
+        if pred is not None:
+            return _class_map(pred)
+        if probs is None:
+            return None
+        return _class_map(probs[-1] if getattr(self._ensemble(), "output", "mean") == "meta" else probs.mean(0))
+
     def save(
         self, item: Mapping[str, Any], index: int = 0, epoch: Optional[int] = None, batch_item: Any = None
     ) -> Path:
@@ -946,12 +957,7 @@ class OverlayHandler:
         label_t, pred_t = matching(label_t, "label"), matching(pred_t, "prediction")
         label = _class_map(label_t) if label_t is not None else None
         probs = self.learner_probabilities(image)
-        if pred_t is not None:
-            pred = _class_map(pred_t)
-        elif probs is not None:
-            pred = _class_map(probs.mean(0))
-        else:
-            pred = None
+        pred = self.prediction(pred_t, probs)
 
         # the slice drawn
         axis = self.slice_axis % spatial_dims if spatial_dims == 3 else None

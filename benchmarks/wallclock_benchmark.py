@@ -1,0 +1,458 @@
+"""The bundle's defaults against a plain MONAI UNet given the same CPU time, run as a user runs them.
+
+Each bundle variant is trained by the real runner (``python -m monai.bundle run training``) on a
+generated data set with only the data-specific flags a user gives (``--dataset_dir``, ``--in_channels``,
+``--modality``, ``--num_classes``, the schedule); its CPU time is measured (``getrusage`` of the child,
+one torch thread: on an idle core that is its wall-clock, and it is not inflated by other jobs on a
+shared machine). Then a plain MONAI ``UNet`` (channels 16..128, strides 2, 2 residual units: about
+400k parameters in 2D; ``DiceCELoss``, Adam 2e-3) is trained on the same training split, through the
+bundle's own transforms (so the same crops and augmentation), until it has used the same CPU time as
+the bundle's default; it is also scored when it reaches the bundle's number of epochs (the equal-epoch
+view). Every model is scored on the held-out test split by one function: sliding-window inference with
+the bundle's ``roi_size``, argmax, Dice and HD95 per foreground class (final weights, no model selection).
+
+Tasks (data generated once, the same for every variant and seed):
+
+- ``mr2d``: MR-like 2D slices (``qddens_monai.data.phantoms``), 200 x 232 px, one organ, binary;
+- ``mr2d_3class``: the same images with the organ's outer and central zones as classes 1 and 2;
+- ``spheres3d``: 3D spheres (``write_demo_3d``, difficulty 0.7), 48^3 voxels, binary.
+
+Variants:
+
+- ``default``: the bundle as shipped;
+- ``fused_float``: the default without quantization and without the diversity loss (``--quantization float
+  --alpha 0``): what the fusion alone gives;
+- ``old_default``: the defaults before this benchmark (4 CE-Net learners 8..64, ensemble mean, 64^2 / 48^3
+  crops);
+- ``unet_same_time``: the plain UNet at the default's CPU time (and ``unet_same_epochs`` from the same run).
+
+Output in ``--out`` (default ``runs/wallclock``, gitignored): one JSON per (task, seed), written after
+every variant (a rerun continues where it stopped), and ``wallclock.json`` with all runs and the paired
+differences, which :mod:`wallclock_doc` turns into tables and a figure.
+
+Usage::
+
+    python benchmarks/wallclock_benchmark.py                 # 3 tasks x 3 seeds, 2 workers x 1 thread
+    python benchmarks/wallclock_benchmark.py --quick         # checks the harness (1 task, 1 seed, 2 epochs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+TASKS: dict[str, dict[str, Any]] = {
+    "mr2d": {"dims": 2, "num_classes": 2, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
+    "mr2d_3class": {"dims": 2, "num_classes": 3, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
+    "spheres3d": {"dims": 3, "num_classes": 2, "data": "spheres", "num_train": 10, "num_test": 4, "size": 48,
+                  "difficulty": 0.7},
+}
+#: Config overrides per bundle variant (``#`` paths as in MONAI configs); dims-specific ones by key 2 / 3.
+VARIANTS: dict[str, dict[Any, Any]] = {
+    "default": {},
+    "fused_float": {"quantization": "float", "alpha": 0.0},
+    "old_default": {
+        "network_def#backbone": "cenet",
+        "network_def#backbone_kwargs": {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},
+        "network_def#output": "mean",
+        2: {"roi_size": [64, 64], "num_samples": 4},
+        3: {"roi_size": [48, 48, 48], "num_samples": 2},
+    },
+}
+SCHEDULES = {"full": {"epochs": 24, "epochQ": 4}, "quick": {"epochs": 1, "epochQ": 1}}
+UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "learning_rate": 2e-3}
+
+
+def make_data(task: str, root: Path, quick: bool) -> str:
+    """Generate the task's data set once (atomically); return its dataset.json."""
+    from qddens_monai.data import write_demo_3d, write_demo_mr_2d
+
+    cfg = dict(TASKS[task])
+    if quick:
+        cfg.update(num_train=6, num_test=2)
+    name = f"data_{task}_{cfg['num_train']}_{cfg['num_test']}"
+    out = root / name
+    if (out / "dataset.json").is_file():
+        return str(out / "dataset.json")
+    tmp = root / f".{name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg["data"] == "mr":
+        write_demo_mr_2d(tmp, cfg["num_train"], cfg["num_test"], num_classes=cfg["num_classes"],
+                         difficulty=cfg["difficulty"], seed=0)  # fmt: skip
+    else:
+        write_demo_3d(tmp, cfg["num_train"], cfg["num_test"], size=cfg["size"], num_classes=cfg["num_classes"],
+                      difficulty=cfg["difficulty"], seed=0)  # fmt: skip
+    # the datalist names absolute paths under tmp: rewrite them for the final folder
+    text = (tmp / "dataset.json").read_text().replace(str(tmp), str(out))
+    (tmp / "dataset.json").write_text(text)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out / "dataset.json")
+
+
+def overrides_for(task: str, variant: str, seed: int, data_json: str, run_dir: Path, schedule: dict) -> dict[str, Any]:
+    cfg = TASKS[task]
+    over: dict[str, Any] = {
+        "dataset_dir": str(Path(data_json).parent), "demo_dir": str(run_dir / "no_demo"),
+        "output_dir": str(run_dir / "eval"), "ckpt_dir": str(run_dir / "models"),
+        "in_channels": 1, "modality": "mr", "num_classes": cfg["num_classes"], "seed": seed, **schedule,
+    }  # fmt: skip
+    for k, v in VARIANTS.get(variant, {}).items():
+        if isinstance(k, int):
+            if k == cfg["dims"]:
+                over.update(v)
+        else:
+            over[k] = v
+    return over
+
+
+def config_files(bundle: Path, dims: int) -> list[str]:
+    files = [str(bundle / "configs" / "train.json")]
+    return files + [str(bundle / "configs" / "3d.json")] if dims == 3 else files
+
+
+def train_bundle(bundle: Path, dims: int, over: dict[str, Any], log_file: Path) -> float:
+    """Run the real bundle runner; return the child's CPU seconds (user + system)."""
+    override_file = log_file.with_suffix(".overrides.json")
+    override_file.write_text(json.dumps(over, indent=1))
+    files = config_files(bundle, dims) + [str(override_file)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
+           "--bundle_root", str(bundle)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log_file, "w") as log:
+        proc = subprocess.run(cmd, cwd=bundle, env=env, stdout=log, stderr=subprocess.STDOUT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bundle training failed ({proc.returncode}); see {log_file}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def parser_for(bundle: Path, dims: int, over: dict[str, Any]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, dims))
+    parser.update({"bundle_root": str(bundle), **over})
+    return parser
+
+
+def evaluate(network, parser, data_json: str, num_classes: int) -> dict[str, float]:
+    """Dice / HD95 per foreground class on the test split: sliding window at the bundle's roi_size, argmax."""
+    import torch
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import Compose, EnsureTyped
+
+    from qddens_monai.data import load_datalist
+    from qddens_monai.evaluation import segmentation_metrics
+    from qddens_monai.evaluation.metrics import label_one_hot
+
+    prep = Compose(parser.get_parsed_content("train#deterministic_transforms")
+                   + [EnsureTyped(keys=["image", "label"], track_meta=False)])  # fmt: skip
+    roi = parser.get_parsed_content("plan#roi_size" if "plan" in parser.config else "roi_size")
+    inferer = SlidingWindowInferer(roi, sw_batch_size=4, overlap=0.25)
+    rows = []
+    network.eval()
+    with torch.no_grad():
+        for item in load_datalist(data_json, "test"):
+            d = prep(dict(item))
+            prob = torch.softmax(inferer(d["image"][None], network), dim=1)[0]
+            rows.append(segmentation_metrics(prob, label_one_hot(d["label"], num_classes, "softmax"), metrics=("dice", "hd95")))
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+
+
+def score_bundle(bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int) -> dict[str, Any]:
+    """The trained bundle's final model.pt, scored with its configured output and (QME-Net) the other one."""
+    import torch
+
+    parser = parser_for(bundle, dims, over)
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(Path(over["ckpt_dir"]) / "model.pt", map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    out: dict[str, Any] = {"params": int(sum(p.numel() for p in net.parameters()))}
+    configured = getattr(net, "output", None)
+    out.update(evaluate(net, parser, data_json, num_classes))
+    if configured is not None:
+        other = "mean" if configured == "meta" else "meta"
+        net.output = other
+        out.update({f"{other}_{k}": v for k, v in evaluate(net, parser, data_json, num_classes).items()})
+        net.output = configured
+        out["output"] = configured
+    return out
+
+
+def train_unet(bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int, budget: float,
+               equal_epochs: int) -> dict[str, Any]:  # fmt: skip
+    """A plain MONAI UNet through the bundle's transforms, until ``budget`` CPU seconds; scored then and at ``equal_epochs``."""
+    import torch
+    from ignite.engine import Events
+    from monai.data import CacheDataset, DataLoader
+    from monai.engines import SupervisedTrainer
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+    from monai.utils import set_determinism
+
+    parser = parser_for(bundle, dims, over)
+    set_determinism(seed=int(over["seed"]))
+    ds = CacheDataset(parser.get_parsed_content("train_datalist"), parser.get_parsed_content("train#preprocessing"),
+                      cache_rate=1.0, num_workers=0, progress=False)  # fmt: skip
+    loader = DataLoader(ds, batch_size=parser.get_parsed_content("batch_size"), shuffle=True, num_workers=0)
+    net = UNet(dims, 1, num_classes, channels=UNET["channels"], strides=UNET["strides"], num_res_units=UNET["num_res_units"])
+    opt = torch.optim.Adam(net.parameters(), lr=UNET["learning_rate"])
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=10**6, train_data_loader=loader, network=net,
+                                optimizer=opt, loss_function=DiceCELoss(to_onehot_y=True, softmax=True))  # fmt: skip
+    state: dict[str, Any] = {"eval_cpu": 0.0}
+    t0 = time.process_time()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _budget(engine) -> None:
+        if time.process_time() - t0 - state["eval_cpu"] >= budget:
+            engine.terminate()
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _equal_epochs(engine) -> None:
+        if engine.state.epoch == equal_epochs:
+            t = time.process_time()
+            state["same_epochs"] = evaluate(net, parser, data_json, num_classes)
+            state["same_epochs"]["cpu_s"] = t - t0 - state["eval_cpu"]
+            state["eval_cpu"] += time.process_time() - t
+            net.train()
+
+    trainer.run()
+    result = evaluate(net, parser, data_json, num_classes)
+    result.update(cpu_s=time.process_time() - t0 - state["eval_cpu"], epochs=trainer.state.epoch,
+                  params=int(sum(p.numel() for p in net.parameters())))  # fmt: skip
+    return {"unet_same_time": result, **({"unet_same_epochs": state["same_epochs"]} if "same_epochs" in state else {})}
+
+
+def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]) -> dict[str, Any]:
+    """``variants`` of one task and seed; each result is merged into the (task, seed) job file as it finishes."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    bundle = out / "bundle"
+    job_file = out / "runs" / f"{task}_seed{seed}.json"
+    job = json.loads(job_file.read_text()) if job_file.is_file() else {"task": task, "seed": seed, "variants": {}}
+    dims, num_classes = TASKS[task]["dims"], TASKS[task]["num_classes"]
+    schedule = SCHEDULES["quick" if quick else "full"]
+    epochs = schedule["epochs"] + 4 * schedule["epochQ"]
+    data_json = make_data(task, out, quick)
+
+    def save() -> None:  # another worker may be adding other variants of this task and seed: merge under a lock
+        import fcntl
+
+        with open(job_file.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            on_disk = json.loads(job_file.read_text()) if job_file.is_file() else {"variants": {}}
+            job["variants"] = {**on_disk["variants"], **job["variants"]}
+            tmp = job_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(job, indent=1))
+            os.replace(tmp, job_file)
+
+    def run_variant(variant: str) -> None:
+        run_dir = out / "work" / f"{task}_seed{seed}_{variant}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        over = overrides_for(task, variant, seed, data_json, run_dir, schedule)
+        cpu = train_bundle(bundle, dims, over, run_dir / "train.log")
+        result = score_bundle(bundle, dims, over, data_json, num_classes)
+        result.update(cpu_s=cpu, epochs=epochs)
+        job["variants"][variant] = result
+        save()
+        print(f"[{task} seed {seed}] {variant}: dice {result['dice']:.3f} in {cpu:.0f} CPU s", flush=True)
+        shutil.rmtree(run_dir / "eval" / "checkpoints", ignore_errors=True)
+
+    def run_unet() -> None:
+        run_dir = out / "work" / f"{task}_seed{seed}_unet"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        over = overrides_for(task, "default", seed, data_json, run_dir, schedule)
+        budget = job["variants"]["default"]["cpu_s"]
+        job["variants"].update(train_unet(bundle, dims, over, data_json, num_classes, budget, epochs))
+        save()
+        r = job["variants"]["unet_same_time"]
+        print(f"[{task} seed {seed}] unet_same_time: dice {r['dice']:.3f} in {r['cpu_s']:.0f} CPU s, {r['epochs']} epochs",
+              flush=True)  # fmt: skip
+
+    for variant in variants:
+        if variant not in job["variants"]:
+            run_unet() if variant == "unet_same_time" else run_variant(variant)
+    return job
+
+
+def paired(jobs: list[dict], task: str, a: str, b: str, key: str = "dice") -> dict[str, float]:
+    """Mean and sd over seeds of ``a - b`` (same task and seed)."""
+    d = [j["variants"][a][key] - j["variants"][b][key] for j in jobs
+         if j["task"] == task and a in j["variants"] and b in j["variants"]]  # fmt: skip
+    return {"mean": float(np.mean(d)), "sd": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0, "n": len(d)} if d else {}
+
+
+def summarize(jobs: list[dict]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for task in TASKS:
+        tj = [j for j in jobs if j["task"] == task]
+        if not tj:
+            continue
+        names = sorted({v for j in tj for v in j["variants"]})
+        stats = {}
+        for v in names:
+            keys = sorted({k for j in tj if v in j["variants"] for k, x in j["variants"][v].items() if isinstance(x, (int, float))})
+            stats[v] = {k: {"mean": float(np.mean([j["variants"][v][k] for j in tj if v in j["variants"] and k in j["variants"][v]])),
+                            "sd": float(np.std([j["variants"][v][k] for j in tj if v in j["variants"] and k in j["variants"][v]],
+                                               ddof=1)) if len(tj) > 1 else 0.0}
+                        for k in keys}  # fmt: skip
+        diffs = {f"{a} - {b}": paired(tj, task, a, b) for a, b in (
+            ("default", "unet_same_time"), ("default", "unet_same_epochs"), ("default", "old_default"),
+            ("default", "fused_float"), ("fused_float", "unet_same_time"))}  # fmt: skip
+        meta_mean = [j["variants"]["default"]["dice"] - j["variants"]["default"]["mean_dice"] for j in tj
+                     if "mean_dice" in j["variants"].get("default", {})]  # fmt: skip
+        if meta_mean:
+            diffs["default: meta - mean output"] = {"mean": float(np.mean(meta_mean)), "n": len(meta_mean),
+                                                    "sd": float(np.std(meta_mean, ddof=1)) if len(meta_mean) > 1 else 0.0}
+        summary[task] = {"stats": stats, "paired": {k: v for k, v in diffs.items() if v}}
+    return summary
+
+
+LABELS = {
+    "default": "bundle default (4 UNet learners, meta output, quantized)",
+    "fused_float": "default without quantization and diversity loss",
+    "old_default": "old default (4 CE-Net learners, mean, small crops)",
+    "unet_same_time": "plain MONAI UNet, same CPU time",
+    "unet_same_epochs": "plain MONAI UNet, same epochs",
+}
+
+
+def write_report(result: dict[str, Any], docs: Path) -> Path:
+    """``docs/results_wallclock.md`` and ``docs/images/wallclock.png`` from the benchmark's JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, jobs = result["summary"], result["jobs"]
+    order = [v for v in LABELS if any(v in s["stats"] for s in summary.values())]
+    lines = [
+        "# Results: the bundle's defaults against a plain MONAI UNet at the same CPU time",
+        "",
+        "Reproduce: `python benchmarks/wallclock_benchmark.py` (resumable; `--report` rewrites this page from "
+        "`runs/wallclock/wallclock.json`). " + f"Machine: {result['machine']}; last invocation {result['wall_s'] / 60:.0f} min.",
+        "",
+        f"Schedule of every bundle variant: `--epochs {result['schedule']['epochs']} --epochQ {result['schedule']['epochQ']}` "
+        f"({result['schedule']['epochs'] + 4 * result['schedule']['epochQ']} epochs, the external check's budget). The plain UNet "
+        f"(channels {result['unet']['channels']}, {result['unet']['num_res_units']} residual units, DiceCE, Adam "
+        f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the default's CPU "
+        "time (its runner start-up included); `unet_same_epochs` is the same run scored at the bundle's epoch count. "
+        "Test Dice of the final weights, mean ± sd over seeds; differences paired per seed.",
+        "",
+    ]
+    for task, s in summary.items():
+        cfg = result["tasks"][task]
+        lines += [f"## {task}", "", f"`{json.dumps(cfg)}`", "",
+                  "| variant | Dice | HD95 | CPU s | epochs | params | seeds |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for v in order:
+            st = s["stats"].get(v)
+            if not st:
+                continue
+            n = sum(1 for j in jobs if j["task"] == task and v in j["variants"])
+            fmt = lambda k, f="{:.3f}": (f.format(st[k]["mean"]) + " ± " + f.format(st[k]["sd"])) if k in st else "–"  # noqa: E731
+            per_class = [k for k in st if k.startswith("dice_")]
+            dice = fmt("dice") + (" (" + ", ".join(f"{k[5:]}: {st[k]['mean']:.3f}" for k in per_class) + ")" if per_class else "")
+            lines.append(f"| {LABELS[v]} | {dice} | {fmt('hd95', '{:.1f}')} | {fmt('cpu_s', '{:.0f}')} | "
+                         f"{fmt('epochs', '{:.0f}')} | {st.get('params', {}).get('mean', float('nan')):,.0f} | {n} |")  # fmt: skip
+        lines += ["", "| paired difference (Dice) | mean ± sd | seeds |", "|---|---|---|"]
+        for k, d in s["paired"].items():
+            lines.append(f"| {k} | {d['mean']:+.3f}" + (f" ± {d['sd']:.3f} | {d.get('n', '')} |" if "sd" in d else " | |"))
+        lines.append("")
+    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
+    for ax, (task, s) in zip(axes[0], summary.items()):
+        for i, v in enumerate(order):
+            runs = [j["variants"][v] for j in jobs if j["task"] == task and v in j["variants"]]
+            if runs:
+                ax.scatter([r.get("cpu_s", np.nan) for r in runs], [r["dice"] for r in runs], label=LABELS[v], s=30)
+        ax.set_title(task)
+        ax.set_xlabel("training CPU seconds (1 thread)")
+        ax.set_ylabel("test Dice")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    (docs / "images").mkdir(parents=True, exist_ok=True)
+    fig.savefig(docs / "images" / "wallclock.png", dpi=90)
+    lines += ["![Dice against CPU time](images/wallclock.png)", ""]
+    page = docs / "results_wallclock.md"
+    page.write_text("\n".join(lines))
+    return page
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(REPO / "runs" / "wallclock"))
+    ap.add_argument("--quick", action="store_true", help="1 task, 1 seed, 2-epoch float phase: checks the harness")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--docs", default=None, help="write results_wallclock.md and the figure here (default: the repo's docs/)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the report from --out's wallclock.json")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    docs = Path(args.docs) if args.docs else REPO / "docs"
+    if args.report:  # from the job files written so far (an unfinished run included)
+        jobs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+        previous = json.loads((out / "wallclock.json").read_text()) if (out / "wallclock.json").is_file() else {}
+        result = {**previous, "jobs": jobs, "summary": summarize(jobs)}
+        result.setdefault("machine", f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per job")
+        result.setdefault("wall_s", float("nan"))
+        result.update(tasks=TASKS, unet=UNET, schedule=SCHEDULES["full"])
+        (out / "wallclock.json").write_text(json.dumps(result, indent=1))
+        print(f"wrote {write_report(result, docs)}")
+        return
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if not (out / "bundle").is_dir():  # a snapshot: editing the repo's configs mid-run changes nothing here
+        shutil.copytree(REPO / "bundle" / "configs", out / "bundle" / "configs")
+    tasks, seeds = (["mr2d"], [0]) if args.quick else (args.tasks, args.seeds)
+    # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
+    phases = [["default", "unet_same_time"], ["fused_float"], ["old_default"]]
+    jobs_args = [(t, s, phase) for phase in phases for s in seeds for t in tasks]
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        futures = [pool.submit(run_job, t, s, str(out), args.quick, phase) for t, s, phase in jobs_args]
+        for f in as_completed(futures):
+            f.result()
+    jobs = [json.loads((out / "runs" / f"{t}_seed{s}.json").read_text()) for s in seeds for t in tasks]
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1 per job, {args.workers} workers",
+        "wall_s": time.time() - t0, "quick": args.quick, "tasks": {t: TASKS[t] for t in tasks},
+        "variants": {k: {str(kk): vv for kk, vv in v.items()} for k, v in VARIANTS.items()}, "unet": UNET,
+        "schedule": SCHEDULES["quick" if args.quick else "full"],
+        "jobs": sorted(jobs, key=lambda j: (j["task"], j["seed"])), "summary": summarize(jobs),
+    }  # fmt: skip
+    (out / "wallclock.json").write_text(json.dumps(result, indent=1))
+    if not args.quick or args.docs:
+        print(f"wrote {write_report(result, docs)}")
+    for task, s in result["summary"].items():
+        print(task)
+        for v, st in s["stats"].items():
+            print(f"  {v:18s} dice {st['dice']['mean']:.3f} ± {st['dice']['sd']:.3f}  cpu {st.get('cpu_s', {}).get('mean', float('nan')):.0f} s")
+        for k, d in s["paired"].items():
+            print(f"  {k:32s} {d['mean']:+.3f}" + (f" ± {d['sd']:.3f}" if "sd" in d else ""))
+    print(f"wrote {out / 'wallclock.json'} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

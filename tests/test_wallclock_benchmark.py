@@ -1,0 +1,39 @@
+"""The wall-clock benchmark's harness: ``--quick`` trains every bundle variant through the real runner, the plain
+UNet to the default's CPU time, and writes the report. Checks the harness, not the science (2-epoch schedule)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "wallclock_benchmark.py"), "--quick", "--workers", "1",
+         "--out", str(out), "--docs", str(docs)],
+        cwd=str(ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "wallclock.json").read_text())
+    (job,) = result["jobs"]
+    variants = job["variants"]
+    assert set(variants) == {"default", "fused_float", "old_default", "unet_same_time", "unet_same_epochs"}
+    for name, r in variants.items():
+        assert 0.0 <= r["dice"] <= 1.0, name
+    assert variants["default"]["output"] == "meta" and "mean_dice" in variants["default"]
+    assert variants["old_default"]["output"] == "mean" and variants["old_default"]["params"] > variants["default"]["params"]
+    # the UNet stops at the default's CPU time (within one training step), after more epochs than the bundle's 5
+    budget, used = variants["default"]["cpu_s"], variants["unet_same_time"]["cpu_s"]
+    assert budget <= used <= budget * 1.2 + 2.0
+    assert variants["unet_same_time"]["epochs"] >= variants["default"]["epochs"] == 5
+    assert "default - unet_same_time" in result["summary"]["mr2d"]["paired"]
+    page = (docs / "results_wallclock.md").read_text()
+    assert "plain MONAI UNet, same CPU time" in page and (docs / "images" / "wallclock.png").is_file()
+    # the bundle's own configs are snapshotted for the run: later edits of the repository's configs change nothing
+    assert (out / "bundle" / "configs" / "train.json").read_text() == (ROOT / "bundle" / "configs" / "train.json").read_text()
