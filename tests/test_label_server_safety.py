@@ -34,8 +34,6 @@ from qddens_monai.label.server import LabelServerProcess  # noqa: E402
 import_monailabel()
 from monailabel.client import MONAILabelClient  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 GOOD = ["good0", "good1", "good2"]
 BAD = {  # study id -> words its refusal must contain
@@ -100,6 +98,7 @@ def _label(path: Path, data=None, affine=AFFINE, raw=None) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_ids_and_tags_confined(server):
     srv, client, tmp = server
     outside = tmp / "outside"
@@ -130,6 +129,7 @@ def test_ids_and_tags_confined(server):
     assert r.status_code == 403 and "read-only" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_unknown_names_answer_404(server):
     srv, client, _ = server
     for fn, args, words in [
@@ -142,9 +142,13 @@ def test_unknown_names_answer_404(server):
         assert status == 404 and words in text, (fn.__name__, status, text)
 
 
+@pytest.mark.slow
 def test_bad_studies_listed_skipped_and_refused(server):
     srv, client, tmp = server
-    refused = client.info()["refused_studies"]
+    info = client.info()
+    assert info["models"]["qddens_disagreement"]["type"] == "others"  # a float map, not a segmentation
+    assert info["models"]["qddens_disagreement"]["labels"] == {}
+    refused = info["refused_studies"]
     for study, words in BAD.items():
         reason = next((v for k, v in refused.items() if k.startswith(study)), None)
         assert reason and words in reason, (study, refused)
@@ -175,6 +179,7 @@ def test_bad_studies_listed_skipped_and_refused(server):
     assert not (tmp / "studies" / "upload4d.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_labels_checked_on_save(server):
     srv, client, tmp = server
     ok = (np.random.RandomState(1).rand(32, 32, 32) > 0.5).astype(np.uint8)
@@ -210,6 +215,7 @@ def _train(srv, request):
         time.sleep(2)
 
 
+@pytest.mark.slow
 def test_training_on_bad_data_keeps_the_model(server):
     srv, client, tmp = server
     model = tmp / "app" / "model" / "qddens" / "models" / "model.pt"
@@ -230,6 +236,7 @@ def test_training_on_bad_data_keeps_the_model(server):
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow
 def test_token_and_cors_allow_list(tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
@@ -262,6 +269,7 @@ def test_token_and_cors_allow_list(tmp_path):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_no_cors_by_default(server):
     srv, _, _ = server
     pre = {"Origin": "https://evil.example", "Access-Control-Request-Method": "PUT"}
@@ -269,3 +277,32 @@ def test_no_cors_by_default(server):
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
     r = requests.get(f"{srv.url}/info/", headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
+
+
+def test_exposed_bind_warns_and_folders_must_not_overlap(tmp_path, capsys):
+    from qddens_monai.label.server import check_separate, warn_exposed
+
+    warn_exposed("0.0.0.0", None)
+    assert "WITHOUT a token" in capsys.readouterr().err
+    for quiet in (("127.0.0.1", None), ("localhost", None), ("0.0.0.0", "token"), ("::1", None)):
+        warn_exposed(*quiet)
+        assert capsys.readouterr().err == "", quiet
+    check_separate(tmp_path / "app", tmp_path / "studies")
+    for app, studies in ((tmp_path / "s" / "app", tmp_path / "s"), (tmp_path / "a", tmp_path / "a" / "studies"),
+                         (tmp_path, tmp_path)):
+        with pytest.raises(ValueError, match="overlap"):
+            check_separate(app, studies)
+
+
+def test_train_request_checked():
+    from qddens_monai.label.training import TrainingRefused, check_train_request
+
+    ok = check_train_request({"model": "qddens", "max_epochs": 2, "val_split": 0.2, "device": ["cpu", "cuda"],
+                              "multi_gpu": False, "tracking": "mlflow", "tracking_uri": "/x"}, 100, ["model.pt"])
+    assert ok["max_epochs"] == 2 and ok["device"] == "cpu" and ok["tracking"] == "None" and "tracking_uri" not in ok
+    assert check_train_request({}, 100, ["model.pt"])["max_epochs"] == 100  # the bundle's schedule
+    for bad in ({"max_epochs": "$print(1)"}, {"max_epochs": 0}, {"val_split": 1.5}, {"run_id": "network_def"},
+                {"model_filename": "../x.pt"}, {"device": "$__import__('os')"}, {"pretrained": "yes"},
+                {"train#trainer#max_epochs": 3}):
+        with pytest.raises(TrainingRefused):
+            check_train_request(bad, 100, ["model.pt"])

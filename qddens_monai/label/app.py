@@ -42,7 +42,7 @@ import_monailabel()
 import monailabel  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
-from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
 from monailabel.interfaces.tasks.scoring import ScoringMethod  # noqa: E402
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
@@ -96,7 +96,9 @@ class DisagreementInferTask(BundleInferTask):
     def __init__(self, path: str, conf: dict[str, str], kind: str = "variance", **kwargs: Any) -> None:
         super().__init__(path, conf, **kwargs)
         self.kind = kind
-        self.description = f"members' per-voxel disagreement ({kind})"
+        self.description = f"members' per-voxel disagreement ({kind}): a float map (0 = the members agree), not labels"
+        self.type = InferType.OTHERS  # not a segmentation: a viewer would look for label values in it
+        self.labels = {}
 
     def inferer(self, data: Any = None) -> Callable:
         return LearnerProbabilities(super().inferer(data))  # (1, K*C, *S) through the bundle's sliding window
