@@ -89,7 +89,9 @@ class Server(LabelServerProcess):
         return nib.load(str(out))
 
     def next(self, strategy, **request):
-        r = self.client.post(f"/activelearning/{strategy}", json={"device": "cpu", **request})
+        # wait_for_scores: rank by the current model's scores of the whole pool, not the ones the
+        # background scoring has stored so far
+        r = self.client.post(f"/activelearning/{strategy}", json={"device": "cpu", "wait_for_scores": True, **request})
         assert r.status_code == 200, r.text
         return r.json()
 

@@ -153,8 +153,11 @@ def test_bad_studies_listed_skipped_and_refused(server):
         reason = next((v for k, v in refused.items() if k.startswith(study)), None)
         assert reason and words in reason, (study, refused)
     # every strategy answers, and never with a study the model cannot run on
-    for strategy in ("random", "first", "uncertainty", "suggestive"):
+    for strategy in ("uncertainty", "suggestive"):  # while the pool is scored in the background
         status, pick = _status(client.next_sample, strategy, {"device": "cpu"})
+        assert status == 200 and pick.get("id", GOOD[0]) in GOOD, (strategy, pick)
+    for strategy in ("random", "first", "uncertainty", "suggestive"):
+        status, pick = _status(client.next_sample, strategy, {"device": "cpu", "wait_for_scores": True})
         assert status == 200 and pick["id"] in GOOD, (strategy, pick)
     for study, words in BAD.items():
         status, text = _status(client.infer, "qddens", study, {"device": "cpu"})
@@ -267,6 +270,24 @@ def test_token_and_cors_allow_list(tmp_path):
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == viewer
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_background_scoring_serves_the_last_scores(server):
+    srv, client, _ = server
+    deadline = time.monotonic() + 120
+    while client.info()["scoring_progress"]["running"]:
+        assert time.monotonic() < deadline, "background scoring still running after 120 s"
+        time.sleep(1)
+    progress = client.info()["scoring_progress"]
+    assert progress["done"] == progress["total"] >= len(GOOD)
+    start = time.monotonic()
+    pick = client.next_sample("uncertainty", {"device": "cpu"})
+    assert time.monotonic() - start < 5 and pick["id"] in GOOD and pick["scoring"]["running"] is False
+    stored = {i: requests.get(f"{srv.url}/datastore/image/info", params={"image": i}).json().get("qdd_ens") for i in GOOD}
+    objects = client.datastore()["objects"]
+    unlabeled = [i for i in GOOD if not objects[i]["labels"].get("final")]
+    assert pick["id"] == max(unlabeled, key=lambda i: stored[i]["uncertainty"])
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ Adds to MONAI Label's stock ``monaibundle`` app:
 
 Conf keys (``--conf K V``): ``models`` (bundle folder name under ``<app>/model``), ``disagreement``
 (``variance`` | ``entropy``), ``top_n`` (default 4), ``auto_update_scoring`` (default false:
-strategies score what is missing themselves, so no background process races the datastore).
+MONAI Label's scoring subprocess does not race the datastore), ``background_scoring`` (default true:
+the server scores the pool in a thread, see :mod:`qddens_monai.label.strategies`).
 
 Robustness (see the README's table): the datastore is a
 :class:`~qddens_monai.label.datastore.CheckedDatastore` (ids confined, studies screened, labels
@@ -24,7 +25,6 @@ checked, finite numbers only); studies that cannot be served are listed under ``
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import time
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
+from monai.bundle import ConfigParser
 from monai.transforms import SqueezeDimd
 
 from qddens_monai.label.compat import import_monailabel
@@ -40,6 +40,7 @@ from qddens_monai.label.compat import import_monailabel
 import_monailabel()
 
 import monailabel  # noqa: E402
+from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
@@ -50,16 +51,14 @@ from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 from monailabel.transform.post import Restored  # noqa: E402
-from monailabel.config import settings  # noqa: E402
 from monailabel.utils.others.generic import get_bundle_models, strtobool  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
 
 from qddens_monai.evaluation import LearnerProbabilities  # noqa: E402
 from qddens_monai.label.confine import RequestRefused  # noqa: E402
 from qddens_monai.label.datastore import CheckedDatastore  # noqa: E402
-from qddens_monai.label.scoring import DisagreementMapd, EnsembleScorer  # noqa: E402
+from qddens_monai.label.scoring import DisagreementMapd  # noqa: E402
 from qddens_monai.label.screening import StudyScreen  # noqa: E402
-from qddens_monai.label.selection import suggest  # noqa: E402
+from qddens_monai.label.strategies import SCORE_KEY, EnsembleScoring, SuggestiveStrategy, UncertaintyStrategy  # noqa: E402
 from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
 from qddens_monai.label.training import CheckedTrainTask  # noqa: E402
 
@@ -67,8 +66,6 @@ __all__ = ["QDDEnsLabelApp", "LabelInferTask", "DisagreementInferTask", "Ensembl
            "SuggestiveStrategy", "SCORE_KEY"]
 
 logger = logging.getLogger(__name__)
-
-SCORE_KEY = "qdd_ens"  # image info key of the stored scores
 
 
 def _drop_2d_channel(task: BundleInferTask, post: list) -> list:
@@ -111,101 +108,6 @@ class DisagreementInferTask(BundleInferTask):
     def writer(self, data: dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Any:
         # A float map: NIfTI whatever the study's format (PNG holds no floats).
         return super().writer(data, extension=extension or ".nii.gz", dtype=np.float32)
-
-
-def _model_stamp(path: Path) -> str:
-    s = path.stat()
-    return f"{s.st_mtime_ns}:{s.st_size}"
-
-
-class EnsembleScoring(ScoringMethod):
-    """Stores ``{"uncertainty", "descriptor", "model"}`` under image info ``qdd_ens`` for every image
-    (unlabeled, and labeled ones for ``cover_labeled``) whose score is missing or older than ``model.pt``.
-
-    Args:
-        bundle: the label bundle folder.
-        kind: ``"variance"`` or ``"entropy"``.
-    """
-
-    def __init__(self, bundle: str, kind: str = "variance") -> None:
-        super().__init__(f"QDD-Ens member disagreement ({kind}) and deepest-encoder descriptor")
-        self.bundle = Path(bundle)
-        self.kind = kind
-
-    def score(self, datastore: Datastore, images: Sequence[str], device: str = "cpu") -> dict[str, dict]:
-        """The stored (or freshly computed) scores of the servable ``images``: studies that fail the
-        screen, or whose scoring fails or gives non-finite numbers, are logged and left out."""
-        stamp = _model_stamp(self.bundle / "models" / "model.pt")
-        scorer: Optional[EnsembleScorer] = None
-        scores = {}
-        servable = datastore.servable(list(images)) if isinstance(datastore, CheckedDatastore) else list(images)
-        for image in servable:
-            info = datastore.get_image_info(image).get(SCORE_KEY)
-            if not info or info.get("model") != stamp or info.get("kind") != self.kind:
-                scorer = scorer or EnsembleScorer(self.bundle, device=device, kind=self.kind)
-                try:
-                    info = {**scorer(datastore.get_image_uri(image)), "model": stamp, "kind": self.kind}
-                except Exception as e:  # one study the model cannot run on must not take down the pool
-                    logger.warning(f"{SCORE_KEY}: {image} skipped, scoring failed: {type(e).__name__}: {e}")
-                    continue
-                if not math.isfinite(info["uncertainty"]) or not all(map(math.isfinite, info["descriptor"])):
-                    logger.warning(f"{SCORE_KEY}: {image} skipped, its scores are not finite")
-                    continue
-                datastore.update_image_info(image, {SCORE_KEY: info})
-                logger.info(f"{SCORE_KEY}: {image} uncertainty {info['uncertainty']:.6f}")
-            scores[image] = info
-        return scores
-
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        images = datastore.get_unlabeled_images() + datastore.get_labeled_images()
-        scores = self.score(datastore, images, request.get("device", "cpu"))
-        return {"scored": len(scores), "skipped": len(images) - len(scores)}
-
-
-class UncertaintyStrategy(Strategy):
-    """The unlabeled image the ensemble's members disagree on most."""
-
-    def __init__(self, scoring: EnsembleScoring) -> None:
-        super().__init__("Most uncertain image (QDD-Ens member disagreement)")
-        self.scoring = scoring
-
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
-        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
-        scores = self.scoring.score(datastore, images, request.get("device", "cpu"))
-        if not scores:
-            return None
-        best = max(scores, key=lambda i: scores[i]["uncertainty"])
-        return {"id": best, "uncertainty": scores[best]["uncertainty"]}
-
-
-class SuggestiveStrategy(Strategy):
-    """QSA suggestive annotation: the ``top_n`` most uncertain unlabeled images, then the one maximizing
-    cosine max-cover representativeness over the whole unlabeled pool.
-
-    Request keys: ``top_n`` (default: the app's), ``cover_labeled`` (default false: labeled images
-    also count as covering the pool, so near-duplicates of labeled images gain little).
-    """
-
-    def __init__(self, scoring: EnsembleScoring, top_n: int = 4) -> None:
-        super().__init__("Suggestive annotation: top-N uncertain, then most representative (QSA)")
-        self.scoring = scoring
-        self.top_n = top_n
-
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
-        device = request.get("device", "cpu")
-        scores = self.scoring.score(datastore, datastore.get_unlabeled_images(request.get("label_tag"),
-                                                                              request.get("labels")), device)
-        images = list(scores)  # the servable unlabeled images
-        if not images:
-            return None
-        descriptors = torch.tensor([scores[i]["descriptor"] for i in images])
-        covered = None
-        if strtobool(str(request.get("cover_labeled", "false"))):
-            labeled = self.scoring.score(datastore, datastore.get_labeled_images(), device)
-            covered = torch.tensor([v["descriptor"] for v in labeled.values()]) if labeled else None
-        top_n = int(request.get("top_n", self.top_n))
-        pick = images[suggest([scores[i]["uncertainty"] for i in images], descriptors, top_n, 1, covered)[0]]
-        return {"id": pick, "uncertainty": scores[pick]["uncertainty"], "top_n": top_n}
 
 
 def _bundle_screen(bundle: str) -> StudyScreen:
@@ -266,11 +168,17 @@ class QDDEnsLabelApp(MONAILabelApp):
             bad = len(images) - len(datastore.servable(images))
             logger.info(f"screened {len(images)} studies in {time.monotonic() - start:.1f} s: {bad} cannot be served"
                         + "".join(f"\n  {p}" for p in self.screen.refused().values()))
+        if self.models and strtobool(self.conf.get("background_scoring", "true")):
+            scoring = self._scoring()
+            scoring.background = True
+            scoring.start(datastore)
         super().on_init_complete()
 
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["refused_studies"] = {Path(path).name: problem for path, problem in self.screen.refused().items()}
+        if self.models:
+            info["scoring_progress"] = dict(self._scoring().progress)
         return info
 
     def infer(self, request: dict[str, Any], datastore: Optional[Datastore] = None) -> dict[str, Any]:
@@ -305,8 +213,10 @@ class QDDEnsLabelApp(MONAILabelApp):
         return trainers
 
     def _scoring(self) -> EnsembleScoring:
-        name = next(iter(self.models))
-        return EnsembleScoring(self.models[name], self.kind)
+        """The one scoring of the pool, shared by the scoring method and the strategies."""
+        if getattr(self, "_pool_scoring", None) is None:
+            self._pool_scoring = EnsembleScoring(self.models[next(iter(self.models))], self.kind)
+        return self._pool_scoring
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {SCORE_KEY: self._scoring()} if self.models else {}

@@ -18,6 +18,7 @@ import fnmatch
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,6 +54,7 @@ class CheckedDatastore(LocalDatastore):
 
     def __init__(self, datastore_path: str, screen: StudyScreen, **kwargs: Any) -> None:
         self.screen = screen
+        self._write_lock = threading.RLock()  # the background scoring thread writes too
         super().__init__(datastore_path, **kwargs)
         self._clean_loaded()
 
@@ -69,11 +71,13 @@ class CheckedDatastore(LocalDatastore):
             self._clean_loaded()
 
     def _update_datastore_file(self, lock: bool = True) -> None:
-        self._clean_loaded()
-        super()._update_datastore_file(lock)
+        with self._write_lock:
+            self._clean_loaded()
+            super()._update_datastore_file(lock)
 
     def json(self) -> dict:
-        return finite(super().json())
+        with self._write_lock:
+            return finite(super().json())
 
     # -- ids, tags, paths -------------------------------------------------------------------------
     def _known(self, image_id: str) -> str:
@@ -122,7 +126,8 @@ class CheckedDatastore(LocalDatastore):
         return finite(super().get_label_info(check_image_id(label_id, "label id"), check_tag(label_tag)))
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
-        super().update_image_info(self._known(image_id), finite(info))
+        with self._write_lock:
+            super().update_image_info(self._known(image_id), finite(info))
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         super().update_label_info(check_image_id(label_id, "label id"), check_tag(label_tag), finite(info))
