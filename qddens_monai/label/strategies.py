@@ -54,6 +54,8 @@ class EnsembleScoring(ScoringMethod):
         self.kind = kind
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
+        self._scorer: Optional[tuple[str, str, EnsembleScorer]] = None  # (model stamp, device, scorer)
+        self._score_lock = threading.Lock()  # one image at a time: the scorer hooks its network
         self.background = False  # set by the app in the server process
         self.progress: dict[str, Any] = {"done": 0, "total": 0, "running": False, "model": None}
 
@@ -71,15 +73,14 @@ class EnsembleScoring(ScoringMethod):
         computed by an older ``model.pt``: studies that fail the screen, or whose scoring fails or gives
         non-finite numbers, are logged and left out."""
         stamp = self._stamp()
-        scorer: Optional[EnsembleScorer] = None
         scores = {}
         servable = datastore.servable(list(images)) if isinstance(datastore, CheckedDatastore) else list(images)
         for image in servable:
             info = self._stored(datastore, image)
             if not info or info.get("model") != stamp:
-                scorer = scorer or EnsembleScorer(self.bundle, device=device, kind=self.kind)
                 try:
-                    info = {**scorer(datastore.get_image_uri(image)), "model": stamp, "kind": self.kind}
+                    info = {**self._score_one(datastore.get_image_uri(image), stamp, device), "model": stamp,
+                            "kind": self.kind}
                 except Exception as e:  # one study the model cannot run on must not take down the pool
                     logger.warning(f"{SCORE_KEY}: {image} skipped, scoring failed: {type(e).__name__}: {e}")
                     continue
@@ -90,6 +91,12 @@ class EnsembleScoring(ScoringMethod):
                 logger.info(f"{SCORE_KEY}: {image} uncertainty {info['uncertainty']:.6f}")
             scores[image] = info
         return scores
+
+    def _score_one(self, path: str, stamp: str, device: str) -> dict[str, Any]:
+        with self._score_lock:
+            if self._scorer is None or self._scorer[:2] != (stamp, device):  # the network of this model.pt
+                self._scorer = (stamp, device, EnsembleScorer(self.bundle, device=device, kind=self.kind))
+            return self._scorer[2](path)
 
     def start(self, datastore: Datastore, device: str = "cpu") -> None:
         """Score the pool in a background thread, unless one is running."""
