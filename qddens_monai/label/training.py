@@ -13,15 +13,20 @@
   precision epochs plus the quantization steps), not MONAI Label's 50;
 - **weights replaced only by a finished run**: checkpoints go to a staging folder; ``models/model.pt``
   is replaced (atomically) only when the run returns normally, so a failed or refused run leaves it
-  byte-identical.
+  byte-identical;
+- **train stats**: MONAI Label's ``prepare_stats`` (epoch, times, metrics, best metric) written after
+  every epoch and published as ``models/train_stats.json`` with the weights, shown as ``train_stats``
+  in ``/info/``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from qddens_monai.data import DataValidationError, check_datalist
 from qddens_monai.label.screening import problems_text
 
-__all__ = ["CheckedTrainTask", "TrainingRefused", "check_train_request"]
+__all__ = ["CheckedTrainTask", "TrainingRefused", "TrainStatsWriter", "check_train_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,31 @@ def check_train_request(request: dict[str, Any], default_epochs: int, weights: l
     return out
 
 
+class TrainStatsWriter:
+    """Writes MONAI Label's ``prepare_stats`` of the trainer (and evaluator) to ``path`` after every epoch.
+
+    Args:
+        path: the JSON file.
+        evaluator: the bundle's validation evaluator, if any.
+    """
+
+    def __init__(self, path: str, evaluator: Any = None) -> None:
+        self.path, self.evaluator, self.start = Path(path), evaluator, time.time()
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        from monailabel.tasks.train.handler import prepare_stats
+
+        stats = prepare_stats(self.start, engine, self.evaluator)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(stats, indent=2, default=str))
+        os.replace(tmp, self.path)
+
+
 class CheckedTrainTask(BundleTrainTask):
     """See the module doc. Args as :class:`BundleTrainTask` (``path``: the label bundle)."""
 
@@ -120,7 +150,19 @@ class CheckedTrainTask(BundleTrainTask):
                                   f"checks: {problems_text(e)}") from None
         assert self._staging is not None
         overrides["ckpt_dir"] = str(self._staging)
+        evaluator = "@validate#evaluator" if self.bundle_config.get("validate#evaluator") is not None else None
+        overrides["train#handlers"] = list(overrides.get("train#handlers") or []) + [{
+            "_target_": f"{__name__}.TrainStatsWriter", "path": str(self._staging / "train_stats.json"),
+            "evaluator": evaluator}]
         return overrides
+
+    def stats(self) -> dict[str, Any]:
+        """The last finished run's ``train_stats.json`` (``{}`` before any)."""
+        path = Path(self.bundle_path) / "models" / "train_stats.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         request = check_train_request(request, self.schedule_epochs, self._weights())
@@ -132,6 +174,8 @@ class CheckedTrainTask(BundleTrainTask):
             trained = self._staging / "model.pt"
             if not trained.is_file():
                 raise TrainingRefused("training ended without writing model.pt; the served weights are unchanged")
+            if (self._staging / "train_stats.json").is_file():
+                os.replace(self._staging / "train_stats.json", model.with_name("train_stats.json"))
             os.replace(trained, model)
             logger.info(f"training finished: {model} replaced")
             return result or {}
