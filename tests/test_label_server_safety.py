@@ -204,6 +204,14 @@ def test_labels_checked_on_save(server):
     assert not list((tmp / "studies" / "labels" / "final").glob("good1*"))
     status, result = _status(client.save_label, "good2", str(good))
     assert status == 200 and result["label"] == "good2"
+    # a label in another format replaces it: one label per image and tag
+    nrrd = tmp / "good_label.nrrd"
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.ReadImage(str(good)), str(nrrd))
+    status, result = _status(client.save_label, "good2", str(nrrd))
+    assert status == 200, result
+    assert sorted(p.name for p in (tmp / "studies" / "labels" / "final").glob("good2*")) == ["good2.nrrd"]
 
 
 def _train(srv, request):
@@ -216,6 +224,25 @@ def _train(srv, request):
             return task
         assert time.monotonic() < deadline, f"training still {task.get('status')} after 300 s"
         time.sleep(2)
+
+
+@pytest.mark.slow
+def test_dicom_series_added_while_running(server):
+    import pydicom.data
+
+    srv, client, tmp = server
+    for name in ("late_series", "late_gap"):
+        assert _status(client.infer, "qddens", name, {})[0] == 404
+    from qddens_monai.data import write_dicom_series
+
+    write_dicom_series(np.random.RandomState(3).rand(32, 32, 32).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0),
+                       out_dir=str(tmp / "studies" / "late_series"))
+    gap = Path(pydicom.data.get_testdata_file("dicomdirtests/77654033/CT2/17136")).parent
+    shutil.copytree(gap, tmp / "studies" / "late_gap")
+    image, params = client.infer("qddens", "late_series", {"device": "cpu"})
+    assert nib.load(image).shape == (32, 32, 32)
+    status, text = _status(client.infer, "qddens", "late_gap", {})
+    assert status == 422 and "unevenly spaced" in text
 
 
 @pytest.mark.slow

@@ -6,8 +6,10 @@
   confined to the studies folder: ``../x``, absolute paths and separators in tags are refused (400);
 - studies screened (:class:`~qddens_monai.label.screening.StudyScreen`): an uploaded study that the
   model cannot serve is refused (422, nothing stored); a study dropped into the folder is listed, and
-  :meth:`CheckedDatastore.study_problem` tells why it cannot be served;
-- labels checked against their image on save (422 naming the problem; nothing stored);
+  :meth:`CheckedDatastore.study_problem` tells why it cannot be served; a DICOM series folder added
+  while the server runs is converted when its id is first asked for;
+- labels checked against their image on save (422 naming the problem; nothing stored); a new label
+  replaces the image's label of that tag whatever its format (no PNG and NIfTI label side by side);
 - only finite numbers in ``datastore_v2.json`` and in what the API returns: a NaN or infinity is
   stored as ``null`` (also when loading a file written before).
 """
@@ -26,6 +28,7 @@ from monailabel.datastore.local import LocalDatastore
 
 from qddens_monai.label.confine import RequestRefused, check_image_id, check_tag, confined
 from qddens_monai.label.screening import StudyScreen
+from qddens_monai.label.studies import convert_dicom_studies
 
 __all__ = ["CheckedDatastore", "finite"]
 
@@ -82,6 +85,10 @@ class CheckedDatastore(LocalDatastore):
     # -- ids, tags, paths -------------------------------------------------------------------------
     def _known(self, image_id: str) -> str:
         check_image_id(image_id)
+        if image_id not in self._datastore.objects and (Path(self._datastore_path) / image_id).is_dir():
+            # a DICOM series folder added while the server runs (the file watcher sees files only)
+            convert_dicom_studies(self._datastore_path, check=self.screen.study_problem)
+            self.refresh()
         if image_id not in self._datastore.objects:
             refused = self.screen.refused().get(str(Path(self._datastore_path) / image_id))
             if refused:  # a DICOM series folder that was not converted
