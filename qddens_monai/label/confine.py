@@ -56,9 +56,16 @@ def check_tag(tag: Optional[str]) -> str:
     text = "" if tag is None else str(tag)
     if _TAG.fullmatch(text):
         return text
-    why = ("contains a path separator" if any(c in text for c in "/\\") else "is a relative path" if ".." in text
-           else "is empty" if not text else "has characters other than letters, digits, '_', '-', '.'"
-           if len(text) <= 64 else "is longer than 64 characters")
+    if any(c in text for c in "/\\"):
+        why = "contains a path separator"
+    elif ".." in text or text.startswith("."):
+        why = "is a relative path or hidden name"
+    elif not text:
+        why = "is empty"
+    elif len(text) > 64:
+        why = "is longer than 64 characters"
+    else:
+        why = "has characters other than letters, digits, '_', '-', '.'"
     raise RequestRefused(400, f"label tag {text!r} {why}: a tag is a folder name (letters, digits, '_', '-', '.'; "
                               "not starting with '.')")
 
