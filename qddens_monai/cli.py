@@ -37,6 +37,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        help="MONAI Label app conf, e.g. --conf disagreement entropy")
     label.add_argument("--stock-app", action="store_true", help="serve MONAI Label's stock monaibundle app instead")
     label.add_argument("--dryrun", action="store_true", help="prepare the app and check, without starting")
+    label.add_argument("--auth-token", default=None,
+                       help="shared token every request must send as 'Authorization: Bearer TOKEN' "
+                            "(better: the QDDENS_LABEL_AUTH_TOKEN environment variable; default: none)")
+    label.add_argument("--cors-origins", nargs="+", default=[], metavar="ORIGIN",
+                       help="origins allowed cross-origin access, e.g. https://viewer.example.org (default: none)")
     zoo = commands.add_parser(
         "export-zoo", help="export the trained bundle as a self-contained MONAI Model Zoo bundle folder and zip"
     )
@@ -69,7 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             overrides = parse_overrides(args.override)
             start_label_server(args.studies, args.app_dir, args.dims, args.host, args.port, overrides,
-                               [tuple(c) for c in args.conf], args.stock_app, args.dryrun)
+                               [tuple(c) for c in args.conf], args.stock_app, args.dryrun,
+                               args.auth_token, args.cors_origins)
         except (ImportError, ValueError, FileNotFoundError) as e:
             parser.exit(2, f"qddens-monai label-server: {e}\n")
     elif args.command == "export-zoo":

@@ -89,7 +89,9 @@ class Server(LabelServerProcess):
         return nib.load(str(out))
 
     def next(self, strategy, **request):
-        r = self.client.post(f"/activelearning/{strategy}", json={"device": "cpu", **request})
+        # wait_for_scores: rank by the current model's scores of the whole pool, not the ones the
+        # background scoring has stored so far
+        r = self.client.post(f"/activelearning/{strategy}", json={"device": "cpu", "wait_for_scores": True, **request})
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -124,6 +126,7 @@ def test_info_lists_model_strategies_and_scoring(server):
     assert {"qddens", "qddens_disagreement"} <= set(info["models"])
     assert info["models"]["qddens"]["dimension"] == 3 and info["labels"] == ["foreground"]
     assert "qddens" in info["trainers"]
+    assert info["trainers"]["qddens"]["config"]["max_epochs"] == 100  # the bundle's 60 + 4 x 10 schedule
     assert {"suggestive", "uncertainty", "random", "first"} <= set(info["strategies"])
     assert "qdd_ens" in info["scoring"]
     images = srv.client.get("/datastore/", params={"output": "all"}).json()["objects"]
@@ -209,6 +212,8 @@ def test_label_then_train_updates_model(server):
         time.sleep(2)
     assert task["status"] == "DONE", task.get("details")
     assert hashlib.sha256(model.read_bytes()).hexdigest() != before
+    stats = srv.client.get("/info/").json()["train_stats"]["qddens"]
+    assert stats["epoch"] == 1 and "total_time" in stats  # MONAI Label's train stats of the run
     # The server keeps serving, with the new weights.
     assert srv.next("uncertainty")["id"] in POOL
 

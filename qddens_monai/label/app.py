@@ -12,18 +12,27 @@ Adds to MONAI Label's stock ``monaibundle`` app:
 
 Conf keys (``--conf K V``): ``models`` (bundle folder name under ``<app>/model``), ``disagreement``
 (``variance`` | ``entropy``), ``top_n`` (default 4), ``auto_update_scoring`` (default false:
-strategies score what is missing themselves, so no background process races the datastore).
+MONAI Label's scoring subprocess does not race the datastore), ``background_scoring`` (default true:
+the server scores the pool in a thread, see :mod:`qddens_monai.label.strategies`).
+
+Robustness (see the README's table): the datastore is a
+:class:`~qddens_monai.label.datastore.CheckedDatastore` (ids confined, studies screened, labels
+checked, finite numbers only); studies that cannot be served are listed under ``refused_studies`` in
+``/info/``, skipped by the strategies and refused by infer (422); training is a
+:class:`~qddens_monai.label.training.CheckedTrainTask`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
+from monai.bundle import ConfigParser
 from monai.transforms import SqueezeDimd
 
 from qddens_monai.label.compat import import_monailabel
@@ -31,30 +40,32 @@ from qddens_monai.label.compat import import_monailabel
 import_monailabel()
 
 import monailabel  # noqa: E402
+from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
-from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType  # noqa: E402
 from monailabel.interfaces.tasks.scoring import ScoringMethod  # noqa: E402
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
-from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: E402
 from monailabel.transform.post import Restored  # noqa: E402
 from monailabel.utils.others.generic import get_bundle_models, strtobool  # noqa: E402
 
 from qddens_monai.evaluation import LearnerProbabilities  # noqa: E402
-from qddens_monai.label.scoring import DisagreementMapd, EnsembleScorer  # noqa: E402
-from qddens_monai.label.selection import suggest  # noqa: E402
+from qddens_monai.label.confine import RequestRefused  # noqa: E402
+from qddens_monai.label.datastore import CheckedDatastore  # noqa: E402
+from qddens_monai.label.scoring import DisagreementMapd  # noqa: E402
+from qddens_monai.label.screening import StudyScreen  # noqa: E402
+from qddens_monai.label.strategies import SCORE_KEY, EnsembleScoring, SuggestiveStrategy, UncertaintyStrategy  # noqa: E402
 from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
+from qddens_monai.label.training import CheckedTrainTask  # noqa: E402
 
 __all__ = ["QDDEnsLabelApp", "LabelInferTask", "DisagreementInferTask", "EnsembleScoring", "UncertaintyStrategy",
            "SuggestiveStrategy", "SCORE_KEY"]
 
 logger = logging.getLogger(__name__)
-
-SCORE_KEY = "qdd_ens"  # image info key of the stored scores
 
 
 def _drop_2d_channel(task: BundleInferTask, post: list) -> list:
@@ -82,7 +93,9 @@ class DisagreementInferTask(BundleInferTask):
     def __init__(self, path: str, conf: dict[str, str], kind: str = "variance", **kwargs: Any) -> None:
         super().__init__(path, conf, **kwargs)
         self.kind = kind
-        self.description = f"members' per-voxel disagreement ({kind})"
+        self.description = f"members' per-voxel disagreement ({kind}): a float map (0 = the members agree), not labels"
+        self.type = InferType.OTHERS  # not a segmentation: a viewer would look for label values in it
+        self.labels = {}
 
     def inferer(self, data: Any = None) -> Callable:
         return LearnerProbabilities(super().inferer(data))  # (1, K*C, *S) through the bundle's sliding window
@@ -97,89 +110,22 @@ class DisagreementInferTask(BundleInferTask):
         return super().writer(data, extension=extension or ".nii.gz", dtype=np.float32)
 
 
-def _model_stamp(path: Path) -> str:
-    s = path.stat()
-    return f"{s.st_mtime_ns}:{s.st_size}"
+def _bundle_screen(bundle: str) -> StudyScreen:
+    """A :class:`StudyScreen` with the bundle's ``spatial_dims`` / ``in_channels`` / ``num_classes``."""
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    return StudyScreen(*(int(parser.get_parsed_content(k)) for k in ("spatial_dims", "in_channels", "num_classes")))
 
 
-class EnsembleScoring(ScoringMethod):
-    """Stores ``{"uncertainty", "descriptor", "model"}`` under image info ``qdd_ens`` for every image
-    (unlabeled, and labeled ones for ``cover_labeled``) whose score is missing or older than ``model.pt``.
-
-    Args:
-        bundle: the label bundle folder.
-        kind: ``"variance"`` or ``"entropy"``.
-    """
-
-    def __init__(self, bundle: str, kind: str = "variance") -> None:
-        super().__init__(f"QDD-Ens member disagreement ({kind}) and deepest-encoder descriptor")
-        self.bundle = Path(bundle)
-        self.kind = kind
-
-    def score(self, datastore: Datastore, images: Sequence[str], device: str = "cpu") -> dict[str, dict]:
-        """The stored (or freshly computed) scores of ``images``."""
-        stamp = _model_stamp(self.bundle / "models" / "model.pt")
-        scorer: Optional[EnsembleScorer] = None
-        scores = {}
-        for image in images:
-            info = datastore.get_image_info(image).get(SCORE_KEY)
-            if not info or info.get("model") != stamp or info.get("kind") != self.kind:
-                scorer = scorer or EnsembleScorer(self.bundle, device=device, kind=self.kind)
-                info = {**scorer(datastore.get_image_uri(image)), "model": stamp, "kind": self.kind}
-                datastore.update_image_info(image, {SCORE_KEY: info})
-                logger.info(f"{SCORE_KEY}: {image} uncertainty {info['uncertainty']:.6f}")
-            scores[image] = info
-        return scores
-
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        images = datastore.get_unlabeled_images() + datastore.get_labeled_images()
-        scores = self.score(datastore, images, request.get("device", "cpu"))
-        return {"scored": len(scores)}
-
-
-class UncertaintyStrategy(Strategy):
-    """The unlabeled image the ensemble's members disagree on most."""
-
-    def __init__(self, scoring: EnsembleScoring) -> None:
-        super().__init__("Most uncertain image (QDD-Ens member disagreement)")
-        self.scoring = scoring
-
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
-        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
-        if not images:
-            return None
-        scores = self.scoring.score(datastore, images, request.get("device", "cpu"))
-        best = max(images, key=lambda i: scores[i]["uncertainty"])
-        return {"id": best, "uncertainty": scores[best]["uncertainty"]}
-
-
-class SuggestiveStrategy(Strategy):
-    """QSA suggestive annotation: the ``top_n`` most uncertain unlabeled images, then the one maximizing
-    cosine max-cover representativeness over the whole unlabeled pool.
-
-    Request keys: ``top_n`` (default: the app's), ``cover_labeled`` (default false: labeled images
-    also count as covering the pool, so near-duplicates of labeled images gain little).
-    """
-
-    def __init__(self, scoring: EnsembleScoring, top_n: int = 4) -> None:
-        super().__init__("Suggestive annotation: top-N uncertain, then most representative (QSA)")
-        self.scoring = scoring
-        self.top_n = top_n
-
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
-        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
-        if not images:
-            return None
-        device = request.get("device", "cpu")
-        scores = self.scoring.score(datastore, images, device)
-        descriptors = torch.tensor([scores[i]["descriptor"] for i in images])
-        covered = None
-        if strtobool(str(request.get("cover_labeled", "false"))):
-            labeled = self.scoring.score(datastore, datastore.get_labeled_images(), device)
-            covered = torch.tensor([v["descriptor"] for v in labeled.values()]) if labeled else None
-        top_n = int(request.get("top_n", self.top_n))
-        pick = images[suggest([scores[i]["uncertainty"] for i in images], descriptors, top_n, 1, covered)[0]]
-        return {"id": pick, "uncertainty": scores[pick]["uncertainty"], "top_n": top_n}
+def _uploaded(path: str, sessions: Optional[str]) -> bool:
+    """Whether ``path`` is a file MONAI Label received with the request (``tempfile``'s ``tmp*`` file
+    directly in the temporary folder) or a session's image, the only server paths infer accepts."""
+    real = Path(path).resolve()
+    if not real.exists():
+        return False
+    if real.parent == Path(tempfile.gettempdir()).resolve() and real.name.startswith("tmp"):
+        return True
+    return bool(sessions) and Path(sessions).resolve() in real.parents
 
 
 class QDDEnsLabelApp(MONAILabelApp):
@@ -193,8 +139,9 @@ class QDDEnsLabelApp(MONAILabelApp):
             raise FileNotFoundError(f"no bundle folder for model(s) {missing} under {app_dir}/model")
         self.kind = conf.get("disagreement", "variance")
         self.top_n = int(conf.get("top_n", "4"))
+        self.screen = _bundle_screen(next(iter(self.models.values())))
         if not studies.startswith(("http://", "https://")) and os.path.isdir(studies):
-            convert_dicom_studies(studies)
+            convert_dicom_studies(studies, check=self.screen.study_problem)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -204,6 +151,51 @@ class QDDEnsLabelApp(MONAILabelApp):
             version=monailabel.__version__,
         )
         self._auto_update_scoring = strtobool(conf.get("auto_update_scoring", "false"))
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return CheckedDatastore(self.studies, self.screen, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def on_init_complete(self) -> None:
+        """Screen every study once when the server starts (the verdicts are cached per file version)."""
+        datastore = self.datastore()
+        if isinstance(datastore, CheckedDatastore):
+            start = time.monotonic()
+            images = datastore.list_images()
+            bad = len(images) - len(datastore.servable(images))
+            logger.info(f"screened {len(images)} studies in {time.monotonic() - start:.1f} s: {bad} cannot be served"
+                        + "".join(f"\n  {p}" for p in self.screen.refused().values()))
+        if self.models and strtobool(self.conf.get("background_scoring", "true")):
+            scoring = self._scoring()
+            scoring.background = True
+            scoring.start(datastore)
+        super().on_init_complete()
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["refused_studies"] = {Path(path).name: problem for path, problem in self.screen.refused().items()}
+        if self.models:
+            info["scoring_progress"] = dict(self._scoring().progress)
+        return info
+
+    def infer(self, request: dict[str, Any], datastore: Optional[Datastore] = None) -> dict[str, Any]:
+        """MONAI Label's infer on a datastore image id (never a server path) that passes the screen, or on
+        an uploaded file; 404 for an unknown id, 422 for a study that cannot be served."""
+        datastore = datastore or self.datastore()
+        image = request.get("image")
+        if isinstance(image, str) and isinstance(datastore, CheckedDatastore):
+            sessions = self._sessions.store_path if self._sessions else None
+            if os.path.isabs(image) and _uploaded(image, sessions):
+                problem = self.screen.study_problem(image)
+            else:
+                problem = datastore.study_problem(image)  # 400 for a path, 404 for an unknown id
+                request = {**request, "image": datastore.get_image_uri(image), "save_label": False}
+            if problem:
+                raise RequestRefused(422, f"study {Path(image).name!r} cannot be served: {problem}")
+        return super().infer(request, datastore)
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
@@ -215,14 +207,16 @@ class QDDEnsLabelApp(MONAILabelApp):
     def init_trainers(self) -> dict[str, TrainTask]:
         trainers: dict[str, TrainTask] = {}
         for name, path in self.models.items():
-            task = BundleTrainTask(path, self.conf)
+            task = CheckedTrainTask(path, self.conf)
             if task.is_valid():
                 trainers[name] = task
         return trainers
 
     def _scoring(self) -> EnsembleScoring:
-        name = next(iter(self.models))
-        return EnsembleScoring(self.models[name], self.kind)
+        """The one scoring of the pool, shared by the scoring method and the strategies."""
+        if getattr(self, "_pool_scoring", None) is None:
+            self._pool_scoring = EnsembleScoring(self.models[next(iter(self.models))], self.kind)
+        return self._pool_scoring
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {SCORE_KEY: self._scoring()} if self.models else {}

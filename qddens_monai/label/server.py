@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import shutil
 import sys
@@ -21,9 +23,18 @@ __all__ = [
     "prepare_label_app",
     "stock_app_source",
     "start_label_server",
+    "check_separate",
+    "warn_exposed",
+    "TOKEN_ENV",
+    "ORIGINS_ENV",
 ]
 
 MODEL_NAME = "qddens"
+TOKEN_ENV = "QDDENS_LABEL_AUTH_TOKEN"  # the shared token (environment: kept off the command line)
+ORIGINS_ENV = "QDDENS_LABEL_CORS_ORIGINS"  # comma-separated origins allowed cross-origin access
+ASGI_APP = "qddens_monai.label.asgi:app"
+
+logger = logging.getLogger(__name__)
 
 # The first lines of every generated main.py: MONAI Label imports main.py in its server and in its
 # train / scoring subprocesses, so the compatibility import must come first there too.
@@ -81,8 +92,12 @@ def start_label_server(
     conf: Sequence[tuple[str, str]] = (),
     stock_app: bool = False,
     dryrun: bool = False,
+    auth_token: Optional[str] = None,
+    cors_origins: Sequence[str] = (),
 ) -> None:
     """Prepare the app and run MONAI Label's ``start_server`` (blocks until the server stops).
+
+    The server is MONAI Label's, behind :mod:`qddens_monai.label.guard` (token, CORS, names, errors).
 
     Args:
         studies: the studies folder (NIfTI / NRRD files, DICOM series folders).
@@ -93,22 +108,58 @@ def start_label_server(
         conf: extra MONAI Label ``--conf`` pairs.
         stock_app: serve MONAI Label's stock ``monaibundle`` app instead of this project's.
         dryrun: prepare everything and check MONAI Label's arguments without starting the server.
+        auth_token: a shared token every request must send as ``Authorization: Bearer <token>``
+            (default: the ``QDDENS_LABEL_AUTH_TOKEN`` environment variable; unset: no token).
+        cors_origins: origins allowed cross-origin access (default: none).
+
+    Raises:
+        ValueError: the app folder and the studies folder overlap (the datastore writes into the
+            studies folder: the served bundle must stay out of its reach).
     """
     import_monailabel()
     from monailabel.main import Main
 
-    app = prepare_label_app(app_dir or default_app_dir(spatial_dims), spatial_dims, overrides, stock_app)
+    app_path = Path(app_dir or default_app_dir(spatial_dims)).resolve()
+    if not str(studies).startswith(("http://", "https://")):
+        check_separate(app_path, Path(studies).resolve())
+    token = auth_token or os.environ.get(TOKEN_ENV) or None
+    warn_exposed(host, token)
+    app = prepare_label_app(app_path, spatial_dims, overrides, stock_app)
     pairs = [("models", MODEL_NAME), ("zoo_source", "github"), ("preload", "false"), *conf]
     if stock_app:
         pairs.append(("sam2", "false"))
+    os.environ[TOKEN_ENV] = token or ""
+    os.environ[ORIGINS_ENV] = ",".join(cors_origins)
     argv = ["monailabel", "start_server", "--app", str(app), "--studies", str(studies),
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", str(port), "--uvicorn_app", ASGI_APP]
     for key, value in pairs:
         argv += ["--conf", key, value]
     if dryrun:
         argv.append("--dryrun")
     sys.argv = argv
     Main().run()
+
+
+def check_separate(app_dir: Path, studies: Path) -> None:
+    """Refuse an app folder inside the studies folder or the other way round (ValueError)."""
+    if app_dir == studies or studies in app_dir.parents or app_dir in studies.parents:
+        raise ValueError(f"the app folder {app_dir} and the studies folder {studies} overlap: the datastore "
+                         "writes into the studies folder, so keep the served bundle outside it")
+
+
+def warn_exposed(host: str, token: Optional[str]) -> None:
+    """Warn loudly when the server listens beyond this machine without a token."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        banner = "!" * 78
+        message = (f"\n{banner}\nWARNING: the label server listens on {host} WITHOUT a token: anyone who can "
+                   f"reach this machine can read the studies, save labels and start training.\nUse "
+                   f"--auth-token (or {TOKEN_ENV}) or --host 127.0.0.1.\n{banner}\n")
+        logger.warning(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -137,6 +188,7 @@ class LabelServerProcess:
         log: file receiving the server's output.
         timeout: seconds to wait for the server to answer.
         env: extra environment variables (the server runs with ``OMP_NUM_THREADS=1`` unless given).
+        token: the server's shared token (passed in the environment, sent while waiting for ``/info/``).
     """
 
     def __init__(
@@ -147,6 +199,7 @@ class LabelServerProcess:
         log: Optional[Union[str, os.PathLike]] = None,
         timeout: float = 120.0,
         env: Optional[Mapping[str, str]] = None,
+        token: Optional[str] = None,
     ) -> None:
         import socket
         import subprocess
@@ -163,6 +216,9 @@ class LabelServerProcess:
         cmd = [sys.executable, "-m", "qddens_monai", "label-server", "--studies", str(studies),
                "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(self.port), *args]
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **dict(env or {})}
+        if token:
+            full_env[TOKEN_ENV] = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
         deadline = time.monotonic() + timeout
         while True:
@@ -170,7 +226,7 @@ class LabelServerProcess:
                 self._log.close()
                 raise RuntimeError(f"label server exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/info/", timeout=5) as r:
+                with urllib.request.urlopen(urllib.request.Request(f"{self.url}/info/", headers=headers), timeout=5) as r:
                     if r.status == 200:
                         return
             except OSError:

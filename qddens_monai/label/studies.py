@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Union
+from typing import Callable, Optional, Union
 
 from monai.data import NibabelWriter
 from monai.transforms import LoadImage
@@ -23,9 +23,17 @@ __all__ = ["convert_dicom_studies"]
 logger = logging.getLogger(__name__)
 
 
-def convert_dicom_studies(studies: Union[str, os.PathLike]) -> list[Path]:
+def convert_dicom_studies(
+    studies: Union[str, os.PathLike], check: Optional[Callable[[Path], Optional[str]]] = None
+) -> list[Path]:
     """Write ``<studies>/<series folder>.nii.gz`` for every DICOM series folder directly in ``studies``
     that has none yet (or an older one); returns the written files.
+
+    Args:
+        studies: the studies folder.
+        check: returns why a series folder cannot be served (e.g. the bundle's slice-gap check, through
+            :class:`~qddens_monai.label.screening.StudyScreen`), or ``None``; a refused folder is
+            not converted (and is logged), so its slices are never placed with a wrong spacing.
 
     Raises:
         ValueError: a folder holds several series (naming the folder and the series count).
@@ -38,6 +46,10 @@ def convert_dicom_studies(studies: Union[str, os.PathLike]) -> list[Path]:
             continue  # MONAI Label's own folders
         series = dicom_series_in(str(folder))
         if not series:
+            continue
+        problem = check(folder) if check else None
+        if problem:  # several series, a slice gap, ...
+            logger.warning(f"DICOM series folder {folder} not converted: {problem}")
             continue
         if len(series) > 1:
             raise ValueError(f"DICOM study folder {folder} holds {len(series)} series; put one series per folder.")
