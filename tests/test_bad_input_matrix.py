@@ -175,7 +175,7 @@ def test_overrides_of_the_wrong_type_are_all_named(project):
     log = run_failing(root, "--epochs", "abc", "--roi_size", "16", "--learning_rate", "fast", "--portions", "[0.5,0.4]")
     assert "SettingsError: 4 invalid setting(s)" in log
     assert "--epochs: must be an integer >= 0; got 'abc' (str)" in log
-    assert "--roi_size: must be a list of 3 positive integers, e.g. [64, 64, 64]; got 16 (int)" in log
+    assert "--roi_size: must be a list of 3 positive integers, e.g. [64, 64, 64], or 'auto' (planned from the data); got 16 (int)" in log
     assert "--learning_rate: must be a number in (0.0, inf); got 'fast' (str)" in log
     assert "--portions: must be a list of strictly increasing accumulated portions" in log
 

@@ -303,14 +303,18 @@ def test_token_and_cors_allow_list(tmp_path):
 def test_background_scoring_serves_the_last_scores(server):
     srv, client, _ = server
     deadline = time.monotonic() + 120
-    while client.info()["scoring_progress"]["running"]:
+    while True:  # a study an earlier test added (a late DICOM folder) is scored in one more background round
         assert time.monotonic() < deadline, "background scoring still running after 120 s"
+        if not client.info()["scoring_progress"]["running"]:
+            progress = client.info()["scoring_progress"]
+            assert progress["done"] == progress["total"] >= len(GOOD)
+            start = time.monotonic()
+            pick = client.next_sample("uncertainty", {"device": "cpu"})
+            took = time.monotonic() - start
+            if pick["scoring"]["running"] is False:
+                break
         time.sleep(1)
-    progress = client.info()["scoring_progress"]
-    assert progress["done"] == progress["total"] >= len(GOOD)
-    start = time.monotonic()
-    pick = client.next_sample("uncertainty", {"device": "cpu"})
-    assert time.monotonic() - start < 5 and pick["id"] in GOOD and pick["scoring"]["running"] is False
+    assert took < 5 and pick["id"] in GOOD
     stored = {i: requests.get(f"{srv.url}/datastore/image/info", params={"image": i}).json().get("qdd_ens") for i in GOOD}
     objects = client.datastore()["objects"]
     unlabeled = [i for i in GOOD if not objects[i]["labels"].get("final")]
