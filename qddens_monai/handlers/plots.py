@@ -29,7 +29,8 @@ import torch
 from monai.utils import IgniteInfo, is_scalar, min_version, optional_import
 from torch import nn
 
-from qddens_monai.evaluation.inferer import merge_learners, split_learners
+from qddens_monai.ensemble import DISAGREEMENT_MEASURES, learner_disagreement, max_disagreement, unwrap_network
+from qddens_monai.evaluation.inferer import LearnerProbabilities, split_learners
 from qddens_monai.quantization import quantization_progress
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -43,8 +44,6 @@ else:
 
 __all__ = ["TrainingCurvesHandler", "OverlayHandler", "learner_disagreement", "max_disagreement", "DISAGREEMENT_MEASURES"]
 
-#: Disagreement measures of :func:`learner_disagreement`.
-DISAGREEMENT_MEASURES = ("pairwise", "std", "variance")
 
 _PathLike = Union[str, "os.PathLike[str]"]
 
@@ -550,66 +549,6 @@ class TrainingCurvesHandler:
 # ------------------------------------------------------------------------------------------ overlays
 
 
-def learner_disagreement(
-    probabilities: torch.Tensor,
-    measure: str = "pairwise",
-    foreground: Optional[int] = None,
-    activation: str = "softmax",
-) -> torch.Tensor:
-    """
-    Per-voxel disagreement of K learners about the foreground.
-
-    Args:
-        probabilities: ``(K, C, *S)`` every learner's probabilities (``QMENet.probabilities`` of one sample).
-        measure: ``"pairwise"``, the mean over learner pairs of ``|p_i - p_j|``; ``"std"``, the standard
-            deviation of the K probabilities; ``"variance"``, their variance.
-        foreground: the channel whose probability is compared. Default: the only channel when ``C == 1``,
-            ``1 - p[background = 0]`` for a softmax head, the maximum over channels for a sigmoid head.
-        activation: the head's activation, ``"softmax"`` or ``"sigmoid"`` (only used when ``foreground`` is
-            ``None`` and ``C > 1``).
-
-    Returns:
-        ``(*S)`` map, between 0 and :func:`max_disagreement`.
-    """
-    if measure not in DISAGREEMENT_MEASURES:
-        raise ValueError(f"measure must be one of {DISAGREEMENT_MEASURES}, got {measure!r}.")
-    p = probabilities.float()
-    if p.ndim < 3:
-        raise ValueError(f"expected (K, C, *spatial) probabilities, got shape {tuple(p.shape)}.")
-    if foreground is not None:
-        fg = p[:, foreground]
-    elif p.shape[1] == 1:
-        fg = p[:, 0]
-    elif activation == "sigmoid":
-        fg = p.amax(dim=1)
-    else:
-        fg = 1.0 - p[:, 0]
-    k = fg.shape[0]
-    if k < 2:
-        return torch.zeros_like(fg[0])
-    if measure == "variance":
-        return fg.var(dim=0, unbiased=False)
-    if measure == "std":
-        return fg.var(dim=0, unbiased=False).sqrt()
-    total = torch.zeros_like(fg[0])
-    for i in range(k):
-        for j in range(i + 1, k):
-            total += (fg[i] - fg[j]).abs()
-    return total / (k * (k - 1) / 2)
-
-
-def max_disagreement(num_learners: int, measure: str = "pairwise") -> float:
-    """Largest possible value of :func:`learner_disagreement` for ``num_learners`` learners (colour scale)."""
-    k = int(num_learners)
-    if k < 2:
-        return 1.0
-    if measure == "variance":
-        return 0.25
-    if measure == "std":
-        return 0.5
-    return (k // 2) * (k - k // 2) / (k * (k - 1) / 2)
-
-
 # class colours of the label / prediction overlays (class 0, the background, is not drawn)
 _CLASS_COLORS = np.array(
     [
@@ -623,6 +562,14 @@ _CLASS_COLORS = np.array(
         [1.00, 0.55, 0.10],
     ]
 )
+_MEASURE_TITLES = {
+    "pairwise": "mean |p_i - p_j|",
+    "std": "std of p",
+    "variance": "variance of p",
+    "class_variance": "variance, summed over classes",
+    "entropy": "entropy of the mean",
+    "label": "pairs with other labels",
+}
 _TP, _FP, _FN = np.array([1.0, 0.9, 0.1]), np.array([1.0, 0.15, 0.15]), np.array([0.15, 0.55, 1.0])
 
 
@@ -749,7 +696,8 @@ class OverlayHandler:
         rgb: draw a 3-channel input as RGB (default: when it is 2D).
         transpose: draw the slices transposed (e.g. for images read by MONAI's ``PILReader``, which gives
             ``(W, H)`` arrays).
-        disagreement: ``"pairwise"`` (default), ``"std"`` or ``"variance"``, see :func:`learner_disagreement`.
+        disagreement: a measure of :func:`~qddens_monai.ensemble.learner_disagreement`: ``"pairwise"``
+            (default), ``"std"``, ``"variance"``, ...
         disagreement_vmax: top of the disagreement colour scale (default: the measure's largest possible value,
             :func:`max_disagreement`, the same for every image and epoch).
         foreground: channel of the foreground probability for the disagreement (see there).
@@ -886,12 +834,8 @@ class OverlayHandler:
         return "sample"
 
     def _ensemble(self) -> Optional[nn.Module]:
-        net = self.network
-        if net is None:
-            return None
-        if not hasattr(net, "probabilities") and hasattr(net, "module"):
-            net = net.module
-        return net if callable(getattr(net, "probabilities", None)) else None
+        net = unwrap_network(self.network) if self.network is not None else None
+        return net if callable(getattr(net, "probabilities", None)) else None  # type: ignore[return-value]
 
     def learner_probabilities(self, image: torch.Tensor) -> Optional[torch.Tensor]:
         """Every learner's probabilities ``(K, C, *S)`` of one ``(C_in, *S)`` image (on the CPU), or ``None``."""
@@ -903,24 +847,15 @@ class OverlayHandler:
         except StopIteration:
             device = torch.device("cpu")
         x = image[None].to(device=device, dtype=torch.float32)
+        probabilities = LearnerProbabilities(self.inferer)
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad():
-                if self.inferer is None:
-                    probs = _plain(net.probabilities(x))[:, 0]
-                else:
-                    num_learners: dict[str, int] = {}
-
-                    def flat(inputs: torch.Tensor) -> torch.Tensor:
-                        p = _plain(net.probabilities(inputs))  # (K, B, C, *S)
-                        num_learners["k"] = p.shape[0]
-                        return merge_learners(p)
-
-                    out = _plain(self.inferer(x, flat))  # (1, K * C, *S)
-                    probs = split_learners(out, num_learners=num_learners["k"])[:, 0]
+                merged = _plain(probabilities(x, net))  # (1, K * C, *S), windows blended per learner
         finally:
             net.train(was_training)
+        probs = split_learners(merged, num_learners=probabilities.num_learners)[:, 0]
         return probs.float().cpu()
 
     def save(
@@ -1045,7 +980,7 @@ class OverlayHandler:
         if dis is not None:
             vmax = self.disagreement_vmax or max_disagreement(probs.shape[0], self.disagreement)
             im = axes[k].imshow(dis, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
-            what = {"pairwise": "mean |p_i - p_j|", "std": "std of p", "variance": "variance of p"}[self.disagreement]
+            what = _MEASURE_TITLES[self.disagreement]
             axes[k].set_title(f"Learner disagreement\n{what}, K={probs.shape[0]} (max {float(dis.max()):.2f})",
                               fontsize="medium")
             fig.colorbar(im, ax=axes[k], fraction=0.046, pad=0.03)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from torch import nn
 
+from qddens_monai.ensemble import EnsembleOutput
 from qddens_monai.networks import staged_monai  # noqa: F401  (registers the UNet / BasicUNet adapters)
 from qddens_monai.networks.cenet import CENet
 from qddens_monai.networks.features import FeatureExtractor, FeatureLevel, feature_levels, feature_shapes
@@ -66,7 +67,8 @@ class QMENet(nn.Module):
     feeding its next stage and skip connections. Each learner can be quantized with its own
     method and bit width (the "diverse quantization" of QDD-Ens); the fusion blocks stay float.
 
-    Training mode returns what :class:`qddens_monai.losses.EnsembleLoss` needs::
+    Training mode returns what :class:`qddens_monai.losses.EnsembleLoss` needs, an
+    :class:`~qddens_monai.ensemble.EnsembleOutput`::
 
         {"logits": [base_1, ..., base_{K-1}, meta],        # each (B, out_channels, *S)
          "features": [[level maps of base_1], ...],         # K-1 lists of (B, C_l, *S_l)
@@ -310,7 +312,7 @@ class QMENet(nn.Module):
     def _train_output(self, logits: List[torch.Tensor], features: List[List[torch.Tensor]]) -> Dict[str, Any]:
         # Base learners of other backbones may differ in spatial size at a level: align to the first.
         features = [[resize_to(f, ref.shape[2:]) for f, ref in zip(feats, features[0])] for feats in features]
-        return {"logits": logits, "features": features, "roles": self.level_roles}
+        return EnsembleOutput(logits=logits, features=features, roles=self.level_roles)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, Any]]:
         """
