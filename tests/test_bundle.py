@@ -16,6 +16,9 @@ from PIL import Image
 
 from qddens_monai.data import write_dicom_series
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 FAST = ["--epochs", "1", "--epochQ", "1", "--val_interval", "5"]  # 1 + 4 x 1 = 5 epochs
