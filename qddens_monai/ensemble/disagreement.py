@@ -3,7 +3,7 @@ active learning use (each picks its ``measure``)."""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
