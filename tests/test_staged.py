@@ -12,7 +12,7 @@ from monai.networks.nets.unet import CheckpointUNet
 
 from qddens_monai.networks import CENet, QMENet, StagedBasicUNet, StagedUNet, StageView, as_staged, is_staged
 from qddens_monai.networks.distillation import load_checkpoint
-from qddens_monai.quantization import freeze, is_quantization_complete, quantization_step
+from qddens_monai.quantization import freeze, is_quantization_complete, quantization_step, quantized_layers
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 TINY = {"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)}
@@ -101,10 +101,10 @@ def test_foreign_backbones_and_explicit_levels_use_hooks():
     assert not QMENet(2, learners=learners, levels=levels, quantization="float", probe_size=32).staged
 
 
-def _script_equals_eager(net, shapes, in_channels=1):
+def _script_equals_eager(net, shapes, in_channels=1, freeze_first=True):
     while not is_quantization_complete(net):
         quantization_step(net)
-    net = freeze(copy.deepcopy(net)).eval()
+    net = freeze(copy.deepcopy(net)).eval() if freeze_first else net.eval()
     worst = 0.0
     for output in ("mean", "meta"):
         net.output = output
@@ -152,4 +152,17 @@ def test_bundle_network_scripts(overrides):
         shapes = [(64, 64), (48, 80)]
     else:
         shapes = [(32, 32, 32)]
-    _script_equals_eager(net, shapes, in_channels)
+    # network_def as the bundle builds it, quantization parametrizations included (scripted as a frozen copy)
+    _script_equals_eager(net, shapes, in_channels, freeze_first=False)
+    assert any(True for _ in quantized_layers(net))
+
+
+def test_script_of_a_quantized_ensemble_mid_schedule():
+    net = QMENet(2, 1, 2, backbone_kwargs=TINY, quantization="qme_net", probe_size=32)
+    quantization_step(net)  # 1 of 4 steps: float weights left
+    net.eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, 1, 32, 40)
+    with torch.no_grad():
+        assert float((scripted(x) - net(x)).abs().max()) <= 1e-5
+    assert not is_quantization_complete(net) and any(True for _ in quantized_layers(net))  # left as it was

@@ -1,6 +1,7 @@
 """QME-Net / QDD-Ens: a deep ensemble whose meta learner fuses the base learners' features at every level."""
 
 # No `from __future__ import annotations`: TorchScript reads the signatures of the @torch.jit.unused methods.
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -16,7 +17,7 @@ from qddens_monai.networks.cenet import CENet
 from qddens_monai.networks.features import FeatureExtractor, FeatureLevel, feature_levels, feature_shapes
 from qddens_monai.networks.fusion import FeatureFusionBlock, resize_to
 from qddens_monai.networks.staged import as_staged
-from qddens_monai.quantization import DEFAULT_PORTIONS, quantize_network
+from qddens_monai.quantization import DEFAULT_PORTIONS, freeze, quantize_network, quantized_layers
 
 __all__ = ["QMENet", "QUANTIZATION_PRESETS", "BACKBONES", "quantization_preset"]
 
@@ -82,8 +83,8 @@ class QMENet(nn.Module):
     Staged learners (:mod:`qddens_monai.networks.staged`: CE-Net, and MONAI's ``UNet`` and
     ``BasicUNet`` through adapters that keep their state dict keys) run level by level in plain
     code: each base learner records its level maps, then the meta learner runs with every fused
-    level replaced. This is what ``torch.jit.script`` compiles (after
-    :func:`~qddens_monai.quantization.freeze`; the script runs the eval-mode output). Other
+    level replaced. This is what ``torch.jit.script`` compiles (of a frozen copy when quantized, see
+    ``__prepare_scriptable__``; the script runs the eval-mode output). Other
     backbones (e.g. SegResNet), or explicit ``levels``, run through forward hooks instead
     (:mod:`qddens_monai.networks.features`; export by ``torch.jit.trace``). Backbones can be mixed:
     levels are matched by role and order, and maps of another spatial size are resampled.
@@ -197,6 +198,14 @@ class QMENet(nn.Module):
                 quantize_network(learner, **{"portions": portions, **dict(setting)})
 
     __jit_unused_properties__ = ["num_learners", "level_roles"]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: a frozen copy when learners are quantized (weight
+        parametrizations cannot run in TorchScript). The copy's weights are the effective weights of
+        now, whole schedule done or not, so the script equals eager; this network is left as it is."""
+        if not any(True for _ in quantized_layers(self)):
+            return self
+        return freeze(copy.deepcopy(self), require_complete=False)
 
     @staticmethod
     def _build(name: str, spatial_dims: int, in_ch: int, out_ch: int, dropout: float, kwargs: Any) -> nn.Module:
