@@ -98,8 +98,10 @@ class QMENet(nn.Module):
         backbone_kwargs: extra constructor arguments of the backbone (e.g. CE-Net ``channels`` and
             ``layers``), or one dict per learner.
         learners: already built learners (base learners then the meta learner); replaces
-            ``backbone`` / ``num_learners``.
-        levels: explicit feature levels per learner (``None`` entries use the defaults).
+            ``backbone`` / ``num_learners``. MONAI ``UNet`` / ``BasicUNet`` are held through their staged
+            adapters, which share (not copy) their submodules.
+        levels: explicit feature levels per learner (``None`` entries use the defaults); any
+            explicit entry makes the ensemble run through hooks.
         fusion_roles: roles of the levels that are fused (default: every level).
         quantization: a preset name (``"qme_net"``, ``"qdd_ens"``, ``"float"``) or one dict of
             :func:`~qddens_monai.quantization.quantize_network` arguments (or ``None``) per learner.
