@@ -5,11 +5,11 @@ A K = 4 CE-Net ensemble (``QMENet``), 2D 256x256 and 3D 64^3, batch 2, with
 bits, incremental schedule at mid-run: 2 of 4 steps done). Measured in one run:
 
 1. Training-step time: forward + backward (``--optimizer`` adds the Adam step) of the
-   ensemble with ``EnsembleLoss(alpha=0.005)``, i.e. fusion blocks, feature hooks and the
-   diversity term included, over the *sum* of the 4 learners' forward + backward run alone
-   with ``DiceCELoss`` (no fusion, no hooks). The members are the ensemble's own learner
-   modules, called directly (same weights, same quantization; the meta learner then runs
-   without fusion, as hooks are only attached during the ensemble's forward). Ensemble and
+   ensemble with ``EnsembleLoss(alpha=0.005)``, i.e. fusion blocks, the level-by-level run
+   (staged CE-Nets; no hooks since issue 13) and the diversity term included, over the *sum* of
+   the 4 learners' forward + backward run alone with ``DiceCELoss`` (no fusion). The members
+   are the ensemble's own learner modules, called directly (same weights, same quantization;
+   the meta learner then runs without fusion). Ensemble and
    member steps are interleaved round by round (order alternating) after a warm-up round;
    medians are compared. Target: ensemble / sum(members) <= 1.25.
 2. Peak memory of one step, in fresh subprocesses: peak RSS (``VmHWM``, reset after a warm-up
@@ -20,7 +20,8 @@ bits, incremental schedule at mid-run: 2 of 4 steps done). Measured in one run:
    vs the sum of the members' peaks (four separate steps added up).
 3. Where the overhead goes, measured in isolation: the fusion blocks' forward + backward, the
    diversity term's forward + backward, and the Python cost of the per-forward
-   ``FeatureExtractor`` construction / hook attach / remove in ``QMENet.forward_learners``.
+   ``FeatureExtractor`` construction / hook attach / remove on the hook path of
+   ``QMENet.forward_learners`` (0 for staged learners, which need no hooks).
 
 Threads default to 1: on the shared 2-core machine, 2 OpenMP threads competing with other
 jobs made single steps swing by up to 10x; pass ``--threads 2`` to use both cores.
@@ -287,10 +288,12 @@ def overhead_breakdown(net: QMENet, x: torch.Tensor, reps: int) -> dict[str, Any
     return {
         "fusion_fwd_bwd_s": _median_time(fusion_fwd_bwd, reps),
         "diversity_fwd_bwd_s": _median_time(diversity_fwd_bwd, reps),
-        "extractor_setup_ms": 1e3 * _median_time(extractor_setup, n_py),
+        # staged learners run level by level without hooks: no per-forward set-up to measure
+        "extractor_setup_ms": 0.0 if net.staged else 1e3 * _median_time(extractor_setup, n_py),
         "named_modules_ms": 1e3 * _median_time(named_modules_once, n_py),
         "modules_per_learner": sum(1 for _ in learners[-1].modules()),
-        "named_modules_calls_per_forward": 2 * len(learners),  # FeatureExtractor.__init__ and .attach, per learner
+        # FeatureExtractor.__init__ and .attach, per learner, on the hook path only
+        "named_modules_calls_per_forward": 0 if net.staged else 2 * len(learners),
     }
 
 

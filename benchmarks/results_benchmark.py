@@ -24,7 +24,7 @@ the quantized variants take their quantization steps, the same augmentation, and
 are evaluated (no model selection). Training goes through MONAI's ``SupervisedTrainer`` with the
 package's ``EnsembleLoss`` / ``DeepDiversityLoss`` / ``IncrementalQuantizationHandler`` /
 ``DistillationNetwork`` / ``EnsembleDistillationLoss``; metrics are the package's
-``segmentation_metrics`` / ``learner_disagreement`` (Dice, HD95 and AUC inside the FOV in 2D).
+``segmentation_metrics`` / ``disagreement_matrices`` (Dice, HD95 and AUC inside the FOV in 2D).
 
 Per run: Dice, HD95, AUC, pairwise learner disagreement (fraction of voxels whose labels differ;
 QME-Net: between its 3 base learners; uniform ensemble: between its 4 members), training time,
@@ -264,7 +264,7 @@ def evaluate(
     """
     import torch
 
-    from qddens_monai.evaluation import learner_disagreement, segmentation_metrics
+    from qddens_monai.evaluation import disagreement_matrices, segmentation_metrics
     from qddens_monai.evaluation.metrics import inside_mask, label_one_hot
 
     rows, first, times = [], None, []
@@ -281,7 +281,7 @@ def evaluate(
         for name, p in (extra or {}).items():
             row[f"{name}_dice"] = segmentation_metrics(p, label_oh, inside, metrics=("dice",))["dice"]
         if learners is not None:
-            agree, _ = learner_disagreement(learners, inside)
+            agree, _ = disagreement_matrices(learners, inside)
             k = agree.shape[0]
             row["disagreement"] = float(np.mean([agree[i, j] for i in range(k) for j in range(i + 1, k)]))
         rows.append(row)

@@ -20,6 +20,9 @@ from PIL import Image
 
 from qddens_monai.data import check_datalist, write_datalist, write_dicom_series
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 TRAIN_3D = json.dumps(["configs/train.json", "configs/3d.json"])
 SMALL_3D = ["--roi_size", "[16,16,16]", "--epochs", "1", "--epochQ", "1"]

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
 from qddens_monai.data import write_dicom_series
+
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "roi_size": [16, 16, 16]}

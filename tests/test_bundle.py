@@ -16,6 +16,9 @@ from PIL import Image
 
 from qddens_monai.data import write_dicom_series
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 FAST = ["--epochs", "1", "--epochQ", "1", "--val_interval", "5"]  # 1 + 4 x 1 = 5 epochs
@@ -105,9 +108,9 @@ def test_shipped_or_trained_checkpoint_matches_network_def_exactly(trained_2d):
     config = ConfigParser(parser)
     net = config.get_parsed_content("network_def")
     for path in (root / "models" / "model.pt", BUNDLE / "models" / "model.pt"):
-        if path.is_file():
-            missing, unexpected = net.load_state_dict(torch.load(path, map_location="cpu"), strict=False)
-            assert not missing and not unexpected, path
+        assert path.is_file(), f"{path} is missing"  # both must exist: the trained and the shipped weights
+        missing, unexpected = net.load_state_dict(torch.load(path, map_location="cpu"), strict=False)
+        assert not missing and not unexpected, path
 
 
 def test_distill_and_student_inference(trained_2d):

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 # 6 full-precision epochs + 4 quantization steps of 1 epoch, tiny learners, 64 px demo images, 32 px crops

@@ -18,7 +18,7 @@ from qddens_monai.evaluation import (
     EnsembleMetrics,
     LearnerProbabilities,
     image_metrics,
-    learner_disagreement,
+    disagreement_matrices,
     member_names,
     merge_learners,
     split_learners,
@@ -164,14 +164,14 @@ def test_disagreement_known_fraction():
     b = torch.zeros(8, 8)
     b[:, :6] = 1  # learner 1: 16 more pixels
     pa, pb = _probs_from_mask(a, 1.0), _probs_from_mask(b, 1.0)
-    agree, diff = learner_disagreement(torch.stack([pa, pa]))
+    agree, diff = disagreement_matrices(torch.stack([pa, pa]))
     assert agree[0, 1] == 0 and diff[0, 1] == 0
-    agree, diff = learner_disagreement(torch.stack([pa, pb, pa]))
+    agree, diff = disagreement_matrices(torch.stack([pa, pb, pa]))
     assert agree[0, 1] == pytest.approx(16 / 64) and agree[1, 0] == agree[0, 1] and agree[0, 2] == 0
     assert diff[0, 1] == pytest.approx(16 / 64)  # |1 - 0| on the 16 pixels
     mask = torch.zeros(1, 8, 8)
     mask[0, :, 2:6] = 1  # 32 pixels, 16 of them disputed
-    agree, _ = learner_disagreement(torch.stack([pa, pb]), mask[0].bool())
+    agree, _ = disagreement_matrices(torch.stack([pa, pb]), mask[0].bool())
     assert agree[0, 1] == pytest.approx(0.5)
     lab = a[None]
     row = image_metrics(torch.stack([pa, pb, pb, pa]), lab, mask, metrics=("dice",))

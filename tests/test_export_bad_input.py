@@ -97,6 +97,7 @@ def test_failure_during_the_build_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["other"]  # no hidden temporary folder or zip
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     cmd = [sys.executable, "-m", "qddens_monai.cli", "export-zoo", "--name", "Bad-Name", "--out", str(tmp_path / "o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -20,6 +20,9 @@ from qddens_monai.export import OnnxRuntimeNetwork, check_metadata, export_zoo, 
 from qddens_monai.export.metadata import installed_version
 from qddens_monai.quantization import freeze, load_packed_network
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the subprocesses
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 NAME = "retinal_vessel_fundus_segmentation"

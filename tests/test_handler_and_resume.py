@@ -92,6 +92,7 @@ def test_resume_from_checkpoint_mid_schedule_equals_uninterrupted(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_equals_never_stopping(tmp_path):
     job = [sys.executable, str(HERE / "quantization_resume_job.py")]
     subprocess.run([*job, "--stop", "12", "--out", str(tmp_path / "mid.pt")], check=True)

@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_memory_benchmark.py"
 
 

@@ -35,6 +35,9 @@ import httpx  # noqa: E402  (label extra)
 from qddens_monai.data import write_dicom_series  # noqa: E402
 from qddens_monai.label.server import LabelServerProcess  # noqa: E402
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 POOL = ["dup", "s0", "s1", "s2", "s3", "ood", "ct_series"]  # unlabeled after `lab` is labeled
 START_TIMEOUT = 120

@@ -17,6 +17,9 @@ import torch
 
 from qddens_monai.handlers import find_checkpoint
 
+# subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 TINY = ["--epochs", "1", "--epochQ", "1", "--val_interval", "5", "--demo_size", "64", "--roi_size", "[32,32]",

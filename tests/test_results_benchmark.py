@@ -37,6 +37,7 @@ def quick_run(tmp_path_factory):
     return out, repo, proc.stdout
 
 
+@pytest.mark.slow
 def test_quick_run_trains_and_evaluates_every_variant(quick_run):
     out, _, stdout = quick_run
     payload = json.loads((out / "results.json").read_text())
@@ -65,6 +66,7 @@ def test_quick_run_trains_and_evaluates_every_variant(quick_run):
     assert "done in" in stdout  # progress is printed per job
 
 
+@pytest.mark.slow
 def test_quick_run_writes_report_figures_and_readme_section(quick_run):
     out, repo, _ = quick_run
     md = (out / "results.md").read_text()
@@ -81,6 +83,7 @@ def test_quick_run_writes_report_figures_and_readme_section(quick_run):
     assert (repo / "README.md").read_text().count(results_doc.START) == 1
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_not_recomputed(quick_run, tmp_path):
     out, _, _ = quick_run
     job = json.loads((out / "runs" / "2d_seed0.json").read_text())
@@ -88,6 +91,7 @@ def test_a_finished_job_is_not_recomputed(quick_run, tmp_path):
     assert again == job
 
 
+@pytest.mark.slow
 def test_a_variant_added_later_is_computed_alone_and_merged(quick_run, tmp_path):
     import shutil
 

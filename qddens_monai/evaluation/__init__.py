@@ -13,8 +13,8 @@ from qddens_monai.evaluation.inferer import (
 )
 from qddens_monai.evaluation.metrics import (
     ALL_METRICS,
+    disagreement_matrices,
     image_metrics,
-    learner_disagreement,
     segmentation_metrics,
     summarize,
 )
@@ -24,8 +24,8 @@ __all__ = [
     "EnsembleMemberd",
     "EnsembleMetrics",
     "LearnerProbabilities",
+    "disagreement_matrices",
     "image_metrics",
-    "learner_disagreement",
     "learner_names",
     "member_names",
     "member_probabilities",

@@ -19,13 +19,14 @@ import torch
 from monai.metrics import ConfusionMatrixMetric, DiceMetric, HausdorffDistanceMetric, compute_roc_auc
 from monai.utils import convert_to_tensor
 
+from qddens_monai.ensemble import learner_disagreement, learner_pairs
 from qddens_monai.evaluation.inferer import learner_names, member_names, member_probabilities
 
 __all__ = [
     "ALL_METRICS",
     "image_metrics",
     "segmentation_metrics",
-    "learner_disagreement",
+    "disagreement_matrices",
     "summarize",
     "nan_mean",
 ]
@@ -204,13 +205,13 @@ def segmentation_metrics(
     return out
 
 
-def learner_disagreement(
+def disagreement_matrices(
     probs: torch.Tensor,
     inside: Optional[torch.Tensor] = None,
     activation: str = "softmax",
     threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairwise disagreement of K learners on one image.
+    """Pairwise disagreement of K learners on one image, per learner pair.
 
     Args:
         probs: (K, C, *S) probabilities.
@@ -221,16 +222,16 @@ def learner_disagreement(
     Returns:
         Two symmetric (K, K) arrays with zero diagonals: the fraction of voxels whose predicted
         label differs (sigmoid: in any channel), and the mean absolute difference of the
-        foreground probabilities (averaged over foreground channels and voxels).
+        foreground probabilities (averaged over foreground channels and voxels); the per-voxel
+        maps are :func:`~qddens_monai.ensemble.learner_disagreement`'s ``"label"`` and
+        ``"pairwise"`` measures.
     """
     probs = _plain(probs).float()
     k = probs.shape[0]
-    fg = foreground_channels(probs.shape[1], activation)
-    if activation == "softmax":
-        labels = probs.argmax(1)  # (K, *S)
-    else:
-        labels = probs >= threshold  # (K, C, *S)
-    fg_probs = probs[:, fg]
+    foreground_channels(probs.shape[1], activation)  # checks the channels and the activation
+    kw = {"activation": activation, "threshold": threshold, "per_pair": True}
+    labels = learner_disagreement(probs, "label", **kw)  # (P, *S)
+    diffs = learner_disagreement(probs, "pairwise", foreground="classes", **kw)
     sel = None if inside is None else inside.to(probs.device)
     agree = np.zeros((k, k))
     diff = np.zeros((k, k))
@@ -239,13 +240,9 @@ def learner_disagreement(
         x = x if sel is None else x[sel]
         return float(x.float().mean()) if x.numel() else float("nan")
 
-    for i in range(k):
-        for j in range(i + 1, k):
-            differ = labels[i] != labels[j]
-            if activation == "sigmoid":
-                differ = differ.any(0)
-            agree[i, j] = agree[j, i] = _mean(differ)
-            diff[i, j] = diff[j, i] = _mean((fg_probs[i] - fg_probs[j]).abs().mean(0))
+    for n, (i, j) in enumerate(learner_pairs(k)):
+        agree[i, j] = agree[j, i] = _mean(labels[n])
+        diff[i, j] = diff[j, i] = _mean(diffs[n])
     return agree, diff
 
 
@@ -306,7 +303,7 @@ def image_metrics(
         row.update({f"{member}/{name}": v for name, v in values.items()})
     if disagreement and k > 1:
         names = learner_names(k)
-        agree, diff = learner_disagreement(probs, inside, activation, threshold)
+        agree, diff = disagreement_matrices(probs, inside, activation, threshold)
         for kind, mat in (("disagreement", agree), ("prob_difference", diff)):
             pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
             for i, j in pairs:

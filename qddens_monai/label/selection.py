@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from qddens_monai.ensemble import learner_disagreement
+
 __all__ = [
     "DISAGREEMENT_KINDS",
     "voxel_disagreement",
@@ -40,12 +42,9 @@ def voxel_disagreement(probs: torch.Tensor, kind: str = "variance") -> torch.Ten
     """
     if probs.ndim < 3:
         raise ValueError(f"expected (K, C, *S) member probabilities, got shape {tuple(probs.shape)}.")
-    if kind == "variance":
-        return probs.var(dim=0, unbiased=False).sum(dim=0)
-    if kind == "entropy":
-        mean = probs.mean(dim=0)
-        return -(mean * torch.log(mean.clamp_min(1e-12))).sum(dim=0)
-    raise ValueError(f"kind must be one of {DISAGREEMENT_KINDS}, got {kind!r}.")
+    if kind not in DISAGREEMENT_KINDS:
+        raise ValueError(f"kind must be one of {DISAGREEMENT_KINDS}, got {kind!r}.")
+    return learner_disagreement(probs, "class_variance" if kind == "variance" else kind)
 
 
 def image_uncertainty(probs: torch.Tensor, kind: str = "variance") -> float:

@@ -18,11 +18,14 @@ from typing import Any, Union
 import torch
 from torch.nn.modules.loss import _Loss
 
+from qddens_monai.ensemble import EnsembleOutput
+
 __all__ = ["DeepDiversityLoss", "FeatureInput"]
 
 #: a list (one entry per base learner) of lists (one entry per level) of ``(B, C_l, *spatial_l)`` feature maps,
-#: or the ensemble's train-mode output dict holding such a list under ``"features"`` (and optionally ``"roles"``).
-FeatureInput = Union[Sequence[Sequence[torch.Tensor]], Mapping[str, Any]]
+#: or the ensemble's train-mode output (:class:`~qddens_monai.ensemble.EnsembleOutput`, a dict holding such a list
+#: under ``"features"`` and optionally ``"roles"``).
+FeatureInput = Union[Sequence[Sequence[torch.Tensor]], EnsembleOutput, Mapping[str, Any]]
 
 _FORMS = ("faithful", "cosine", "ncl")
 _LEVEL_REDUCTIONS = ("sum", "mean")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 
+from qddens_monai.ensemble import EnsembleOutput, is_ensemble_output
 from qddens_monai.losses.diversity import DeepDiversityLoss
 from qddens_monai.losses.parts import LossWithParts
 
@@ -100,11 +101,12 @@ class EnsembleLoss(LossWithParts):
         return self.seg_loss(logits, target)  # type: ignore[no-any-return]
 
     def forward(  # type: ignore[override]
-        self, pred: torch.Tensor | Mapping[str, Any], target: torch.Tensor
+        self, pred: torch.Tensor | EnsembleOutput | Mapping[str, Any], target: torch.Tensor
     ) -> torch.Tensor:
         """
         Args:
-            pred: either the ensemble's train-mode output dict: ``"logits"``, a list of K tensors
+            pred: either the ensemble's train-mode output (:class:`~qddens_monai.ensemble.EnsembleOutput`):
+                ``"logits"``, a list of K tensors
                 ``(B, C, *spatial)`` (base learners, then the meta learner); ``"features"``, one list per base
                 learner of per-level maps ``(B, C_l, *spatial_l)``; optionally ``"roles"``, one role per level.
                 Or a single logits tensor ``(B, C, *spatial)`` (eval-mode output): then only the
@@ -124,7 +126,7 @@ class EnsembleLoss(LossWithParts):
             seg = self._seg(pred, target)
             self.last_parts = {"seg": seg.detach(), "total": seg.detach()}
             return seg
-        if not isinstance(pred, Mapping) or "logits" not in pred:
+        if not is_ensemble_output(pred):
             raise ValueError("pred must be a logits tensor or the ensemble's train-mode dict with 'logits'.")
         logits = list(pred["logits"])
         if not logits:

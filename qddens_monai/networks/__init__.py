@@ -15,6 +15,8 @@ from qddens_monai.networks.features import (
     register_feature_levels,
 )
 from qddens_monai.networks.fusion import FeatureFusionBlock, resize_to
+from qddens_monai.networks.staged import StagedBackbone, StageView, as_staged, is_staged, register_staged_adapter
+from qddens_monai.networks.staged_monai import StagedBasicUNet, StagedUNet
 from qddens_monai.networks.distillation import DistillationNetwork, load_checkpoint
 from qddens_monai.networks.qmenet import BACKBONES, QUANTIZATION_PRESETS, QMENet, quantization_preset
 
@@ -38,6 +40,13 @@ __all__ = [
     "feature_shapes",
     "check_feature_compatibility",
     "register_feature_levels",
+    "StagedBackbone",
+    "StageView",
+    "StagedUNet",
+    "StagedBasicUNet",
+    "as_staged",
+    "is_staged",
+    "register_staged_adapter",
     "FeatureFusionBlock",
     "resize_to",
     "QMENet",

@@ -23,6 +23,8 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 from monai.utils import UpsampleMode, ensure_tuple, look_up_option
 
+from qddens_monai.networks.staged import StagedBackbone
+
 __all__ = ["CENet", "CENetResBlock", "DACBlock", "RMPBlock", "CENetDecoderBlock", "match_spatial_size"]
 
 
@@ -263,7 +265,7 @@ class CENetDecoderBlock(nn.Module):
         return x
 
 
-class CENet(nn.Module):
+class CENet(StagedBackbone):
     """
     CE-Net: Context Encoder Network for medical image segmentation, for 2D and 3D inputs.
 
@@ -272,9 +274,10 @@ class CENet(nn.Module):
     scratch here), the context extractor is a DAC block followed by an RMP block, the decoder adds the encoder
     features (skip by addition).
 
-    Every resolution level is one named submodule whose output is exactly the tensor passed on (to the next
-    stage *and* to the skip connection), so a forward hook that returns a new tensor from one of them changes
-    everything downstream. :py:attr:`feature_modules` lists these submodules and :py:attr:`feature_roles` their
+    A staged backbone (:mod:`qddens_monai.networks.staged`): :py:meth:`forward_level` runs one resolution level,
+    :py:meth:`forward_head` the head. Every level is one named submodule whose output is exactly the tensor passed
+    on (to the next stage *and* to the skip connection), so replacing it changes everything downstream (also
+    through a forward hook). :py:attr:`feature_modules` lists these submodules and :py:attr:`feature_roles` their
     roles. For an input of spatial size ``S`` the levels are (paper channels in brackets):
 
     ==============  ==========  =====================  ============
@@ -365,6 +368,7 @@ class CENet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         self.spatial_dims = spatial_dims
+        self.num_levels = len(self.feature_modules)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.channels = tuple(int(c) for c in channels)
@@ -438,24 +442,41 @@ class CENet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_level(self, index: int, features: List[torch.Tensor]) -> torch.Tensor:
+        """
+        Level ``index`` (see the table above) from ``features = [x, stem, encoder1, ...]`` up to level
+        ``index - 1``; the decoder levels add the encoder skip ``decoder4(b) + e3`` etc.
+        """
+        # features: [x, s, e1, e2, e3, e4, b, d4, d3, d2, d1]
+        if index == 0:
+            return self.stem(features[0])
+        if index == 1:
+            return self.encoder1(features[1])
+        if index == 2:
+            return self.encoder2(features[2])
+        if index == 3:
+            return self.encoder3(features[3])
+        if index == 4:
+            return self.encoder4(features[4])
+        if index == 5:
+            return self.bottleneck(features[5])
+        if index == 6:
+            return self.decoder4(features[6], features[4])
+        if index == 7:
+            return self.decoder3(features[7], features[3])
+        if index == 8:
+            return self.decoder2(features[8], features[2])
+        if index == 9:
+            return self.decoder1(features[9], None)
+        raise IndexError("CE-Net has 10 levels")
+
+    def forward_head(self, features: List[torch.Tensor]) -> torch.Tensor:
         """
         Args:
-            x: input of shape ``(B, in_channels, *S)``, any spatial size.
+            features: ``[x, every level]``; ``x`` of shape ``(B, in_channels, *S)``, any spatial size.
 
         Returns:
             logits of shape ``(B, out_channels, *S)``.
         """
-        # each level's module output is used both as next input and as skip, never an internal tensor.
-        s = self.stem(x)
-        e1 = self.encoder1(s)
-        e2 = self.encoder2(e1)
-        e3 = self.encoder3(e2)
-        e4 = self.encoder4(e3)
-        b = self.bottleneck(e4)
-        d4 = self.decoder4(b, e3)
-        d3 = self.decoder3(d4, e2)
-        d2 = self.decoder2(d3, e1)
-        d1 = self.decoder1(d2, None)
-        out = match_spatial_size(self.final_up(d1), x)
+        out = match_spatial_size(self.final_up(features[10]), features[0])
         return self.final_conv(out)

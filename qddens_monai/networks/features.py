@@ -10,6 +10,11 @@
 """
 Multi-scale feature maps of any encoder-decoder network, recorded (and optionally replaced) with forward hooks.
 
+The hook adapter for *foreign* backbones: networks that follow the staged contract
+(:mod:`qddens_monai.networks.staged`: CE-Net, and MONAI's UNet / BasicUNet through adapters) are run level by
+level in plain, scriptable code; everything else (e.g. SegResNet) is run whole with hooks here, which
+``torch.jit.script`` cannot follow (export such ensembles by tracing).
+
 A *level* is a submodule, named by its dotted path in the network, whose output is one resolution level's
 feature map, together with a *role*:
 
@@ -50,6 +55,8 @@ from monai.networks.blocks.activation_checkpointing import ActivationCheckpointW
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 
+from qddens_monai.networks.staged import BOTTLENECK, DECODER, ENCODER, FEATURE_ROLES, STEM, UNSPECIFIED
+
 __all__ = [
     "STEM",
     "ENCODER",
@@ -66,12 +73,6 @@ __all__ = [
     "check_feature_compatibility",
 ]
 
-STEM = "stem"
-ENCODER = "encoder"
-BOTTLENECK = "bottleneck"
-DECODER = "decoder"
-UNSPECIFIED = "unspecified"
-FEATURE_ROLES: tuple[str, ...] = (STEM, ENCODER, BOTTLENECK, DECODER, UNSPECIFIED)
 
 
 class FeatureLevel(NamedTuple):

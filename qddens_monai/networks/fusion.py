@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +13,14 @@ from torch import nn
 __all__ = ["FeatureFusionBlock", "resize_to"]
 
 
-def resize_to(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """``x`` (B, C, *S) resampled to ``spatial_shape`` by area averaging (identity when the shapes agree)."""
-    if tuple(x.shape[2:]) == tuple(spatial_shape):
+def resize_to(x: torch.Tensor, spatial_shape: List[int]) -> torch.Tensor:
+    """``x`` (B, C, *S) resampled to ``spatial_shape`` by area averaging (identity when the shapes agree).
+
+    ``spatial_shape`` is typed ``List[int]`` for TorchScript; a ``torch.Size`` or tuple works in Python."""
+    size = [int(s) for s in spatial_shape]
+    if [int(s) for s in x.shape[2:]] == size:
         return x
-    return F.interpolate(x, size=tuple(spatial_shape), mode="area")
+    return F.interpolate(x, size=size, mode="area")
 
 
 class FeatureFusionBlock(nn.Module):
@@ -56,7 +60,7 @@ class FeatureFusionBlock(nn.Module):
             spatial_dims, 2 * channels, channels, kernel_size=1, act="relu", norm=norm, dropout=dropout or None
         )
 
-    def forward(self, base: list[torch.Tensor], meta: torch.Tensor) -> torch.Tensor:
-        spatial = meta.shape[2:]
+    def forward(self, base: List[torch.Tensor], meta: torch.Tensor) -> torch.Tensor:
+        spatial: List[int] = [int(s) for s in meta.shape[2:]]
         fused = self.attention(self.project(torch.cat([resize_to(f, spatial) for f in base], dim=1)))
         return self.merge(torch.cat([fused, meta], dim=1))

@@ -1,20 +1,23 @@
 """QME-Net / QDD-Ens: a deep ensemble whose meta learner fuses the base learners' features at every level."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: TorchScript reads the signatures of the @torch.jit.unused methods.
+import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from torch import nn
 
+from qddens_monai.ensemble import EnsembleOutput
+from qddens_monai.networks import staged_monai  # noqa: F401  (registers the UNet / BasicUNet adapters)
 from qddens_monai.networks.cenet import CENet
 from qddens_monai.networks.features import FeatureExtractor, FeatureLevel, feature_levels, feature_shapes
 from qddens_monai.networks.fusion import FeatureFusionBlock, resize_to
-from qddens_monai.quantization import DEFAULT_PORTIONS, quantize_network
+from qddens_monai.networks.staged import as_staged
+from qddens_monai.quantization import DEFAULT_PORTIONS, freeze, quantize_network, quantized_layers
 
 __all__ = ["QMENet", "QUANTIZATION_PRESETS", "BACKBONES", "quantization_preset"]
 
@@ -65,7 +68,8 @@ class QMENet(nn.Module):
     feeding its next stage and skip connections. Each learner can be quantized with its own
     method and bit width (the "diverse quantization" of QDD-Ens); the fusion blocks stay float.
 
-    Training mode returns what :class:`qddens_monai.losses.EnsembleLoss` needs::
+    Training mode returns what :class:`qddens_monai.losses.EnsembleLoss` needs, an
+    :class:`~qddens_monai.ensemble.EnsembleOutput`::
 
         {"logits": [base_1, ..., base_{K-1}, meta],        # each (B, out_channels, *S)
          "features": [[level maps of base_1], ...],         # K-1 lists of (B, C_l, *S_l)
@@ -76,11 +80,14 @@ class QMENet(nn.Module):
     probabilities (softmax or sigmoid of it *is* the ensemble's mean probability), with
     ``output="meta"`` the meta learner's logits.
 
-    Learners are forward-hooked while the ensemble runs (hooks are removed after each forward),
-    so any backbone with known feature levels works, and backbones can be mixed: levels are
-    matched by role and order, and maps of another spatial size are resampled. For TorchScript,
-    :func:`~qddens_monai.quantization.freeze` the ensemble and ``torch.jit.trace`` it (the hooks
-    are Python, so ``torch.jit.script`` cannot follow them).
+    Staged learners (:mod:`qddens_monai.networks.staged`: CE-Net, and MONAI's ``UNet`` and
+    ``BasicUNet`` through adapters that keep their state dict keys) run level by level in plain
+    code: each base learner records its level maps, then the meta learner runs with every fused
+    level replaced. This is what ``torch.jit.script`` compiles (of a frozen copy when quantized, see
+    ``__prepare_scriptable__``; the script runs the eval-mode output). Other
+    backbones (e.g. SegResNet), or explicit ``levels``, run through forward hooks instead
+    (:mod:`qddens_monai.networks.features`; export by ``torch.jit.trace``). Backbones can be mixed:
+    levels are matched by role and order, and maps of another spatial size are resampled.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -91,8 +98,10 @@ class QMENet(nn.Module):
         backbone_kwargs: extra constructor arguments of the backbone (e.g. CE-Net ``channels`` and
             ``layers``), or one dict per learner.
         learners: already built learners (base learners then the meta learner); replaces
-            ``backbone`` / ``num_learners``.
-        levels: explicit feature levels per learner (``None`` entries use the defaults).
+            ``backbone`` / ``num_learners``. MONAI ``UNet`` / ``BasicUNet`` are held through their staged
+            adapters, which share (not copy) their submodules.
+        levels: explicit feature levels per learner (``None`` entries use the defaults); any
+            explicit entry makes the ensemble run through hooks.
         fusion_roles: roles of the levels that are fused (default: every level).
         quantization: a preset name (``"qme_net"``, ``"qdd_ens"``, ``"float"``) or one dict of
             :func:`~qddens_monai.quantization.quantize_network` arguments (or ``None``) per learner.
@@ -146,6 +155,13 @@ class QMENet(nn.Module):
             raise ValueError("an ensemble needs at least one base learner and a meta learner.")
         settings = quantization_preset(quantization, num_learners) if isinstance(quantization, str) else quantization
         settings = _as_list(settings, num_learners, "quantization")
+        levels = _as_list(levels, num_learners, "levels")
+        # Staged when every learner is (explicit level names need hooks): adapters share the learners'
+        # submodules under their own names, so the state dict is the same either way.
+        staged = [as_staged(m) if lv is None else None for m, lv in zip(learners, levels)]
+        self.staged = all(m is not None for m in staged)
+        if self.staged:
+            learners = staged  # type: ignore[assignment]
 
         self.spatial_dims = spatial_dims
         self.out_channels = out_channels
@@ -153,13 +169,20 @@ class QMENet(nn.Module):
         self.activation = activation
         self.base_learners = nn.ModuleList(learners[:-1])
         self.meta_learner = learners[-1]
-        self._levels = self._match_levels(learners, _as_list(levels, num_learners, "levels"), fusion_roles)
+        self._levels = self._match_levels(learners, levels, fusion_roles)
+        # For the staged forward (TorchScript reads these): per learner, its number of levels and the
+        # index of each fused level among them.
+        self._num_levels: List[int] = [int(getattr(m, "num_levels", 0)) for m in learners]
+        self._fused_index: List[List[int]] = [
+            [list(getattr(m, "feature_modules", ())).index(lv.name) for lv in lvs] if self.staged else []
+            for m, lvs in zip(learners, self._levels)
+        ]
 
         if probe_size is None or isinstance(probe_size, int):
             probe = (probe_size or 64,) * spatial_dims
         else:
             probe = tuple(probe_size)
-        shapes = [feature_shapes(m, (1, in_channels, *probe), lv) for m, lv in zip(learners, self._levels)]
+        shapes = [self._probe(m, k, (1, in_channels, *probe)) for k, m in enumerate(learners)]
         self.fusion = nn.ModuleList(
             FeatureFusionBlock(
                 spatial_dims,
@@ -175,6 +198,16 @@ class QMENet(nn.Module):
         for learner, setting in zip(learners, settings):
             if setting is not None:
                 quantize_network(learner, **{"portions": portions, **dict(setting)})
+
+    __jit_unused_properties__ = ["num_learners", "level_roles"]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles: a frozen copy when learners are quantized (weight
+        parametrizations cannot run in TorchScript). The copy's weights are the effective weights of
+        now, whole schedule done or not, so the script equals eager; this network is left as it is."""
+        if not any(True for _ in quantized_layers(self)):
+            return self
+        return freeze(copy.deepcopy(self), require_complete=False)
 
     @staticmethod
     def _build(name: str, spatial_dims: int, in_ch: int, out_ch: int, dropout: float, kwargs: Any) -> nn.Module:
@@ -195,11 +228,26 @@ class QMENet(nn.Module):
         for k, lv in enumerate(per_learner[:-1]):
             if [x.role for x in lv] != meta_roles:
                 raise ValueError(
-                    f"base learner {k} ({type(learners[k]).__name__}) has levels {[x.role for x in lv]} but the meta "
-                    f"learner ({type(learners[-1]).__name__}) has {meta_roles}: every learner needs the same levels "
+                    f"base learner {k} ({_name(learners[k])}) has levels {[x.role for x in lv]} but the meta "
+                    f"learner ({_name(learners[-1])}) has {meta_roles}: every learner needs the same levels "
                     "in the same order; restrict them with `fusion_roles` or give explicit `levels`."
                 )
         return per_learner
+
+    def _probe(self, learner: nn.Module, k: int, input_shape: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+        """``(channels, spatial shape)`` of learner ``k``'s fused levels, from one zero input in eval mode."""
+        if not self.staged:
+            return feature_shapes(learner, input_shape, self._levels[k])
+        p = next(iter(learner.parameters()), None)
+        x = torch.zeros(input_shape, device=p.device if p is not None else None)
+        was_training = learner.training
+        learner.eval()
+        try:
+            with torch.no_grad():
+                _, feats = learner.forward_features(x)  # type: ignore[operator]
+        finally:
+            learner.train(was_training)
+        return [(int(feats[i].shape[1]), tuple(int(d) for d in feats[i].shape[2:])) for i in self._fused_index[k]]
 
     @property
     def num_learners(self) -> int:
@@ -209,8 +257,37 @@ class QMENet(nn.Module):
     def level_roles(self) -> list[str]:
         return [lv.role for lv in self._levels[-1]]
 
-    def forward_learners(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        """All K learners' logits (base learners first, meta last) and the base learners' level maps."""
+    def forward_learners(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[List[torch.Tensor]]]:
+        """All K learners' logits (base learners first, meta last) and the base learners' fused-level maps."""
+        if self.staged:
+            return self._forward_staged(x)
+        return self._forward_hooked(x)
+
+    def _forward_staged(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[List[torch.Tensor]]]:
+        logits: List[torch.Tensor] = []
+        features: List[List[torch.Tensor]] = []
+        for k, learner in enumerate(self.base_learners):
+            maps: List[torch.Tensor] = [x]  # [input, level 0, level 1, ...]
+            for i in range(self._num_levels[k]):
+                maps.append(learner.forward_level(i, maps))
+            logits.append(learner.forward_head(maps))
+            features.append([maps[i + 1] for i in self._fused_index[k]])
+        meta = self.meta_learner
+        meta_index = self._fused_index[-1]
+        maps = [x]
+        for b, block in enumerate(self.fusion):
+            level = meta_index[b]
+            while len(maps) < level + 1:  # levels that are not fused
+                maps.append(meta.forward_level(len(maps) - 1, maps))
+            # the fused map replaces the meta learner's: it feeds the next level and the skips
+            maps.append(block([f[b] for f in features], meta.forward_level(level, maps)))
+        while len(maps) < self._num_levels[-1] + 1:
+            maps.append(meta.forward_level(len(maps) - 1, maps))
+        logits.append(meta.forward_head(maps))
+        return logits, features
+
+    @torch.jit.unused
+    def _forward_hooked(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[List[torch.Tensor]]]:
         logits, features = [], []
         for learner, lv in zip(self.base_learners, self._levels):
             out, feats = FeatureExtractor(learner, lv)(x)
@@ -224,7 +301,7 @@ class QMENet(nn.Module):
         logits.append(meta_out)
         return logits, features
 
-    def combine(self, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    def combine(self, logits: List[torch.Tensor]) -> torch.Tensor:
         """Eval-mode output from the K learners' logits (see the class docstring)."""
         if self.output == "meta":
             return logits[-1]
@@ -235,16 +312,34 @@ class QMENet(nn.Module):
         log_q = torch.logsumexp(torch.stack([F.logsigmoid(-z) for z in logits]), dim=0) - log_k
         return log_p - log_q
 
+    @torch.jit.unused
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Every learner's probabilities, (K, B, out_channels, *S): for per-learner metrics and disagreement."""
         logits, _ = self.forward_learners(x)
         act = (lambda z: torch.softmax(z, dim=1)) if self.activation == "softmax" else torch.sigmoid
         return torch.stack([act(z) for z in logits])
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, dict[str, Any]]:
+    @torch.jit.unused
+    def _train_output(self, logits: List[torch.Tensor], features: List[List[torch.Tensor]]) -> Dict[str, Any]:
+        # Base learners of other backbones may differ in spatial size at a level: align to the first.
+        features = [[resize_to(f, ref.shape[2:]) for f, ref in zip(feats, features[0])] for feats in features]
+        return EnsembleOutput(logits=logits, features=features, roles=self.level_roles)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, Any]]:
+        """
+        Args:
+            x: (B, in_channels, *S).
+
+        Returns:
+            eval mode: (B, out_channels, *S), see the class docstring; training mode:
+            ``{"logits", "features", "roles"}`` (not available in TorchScript, which is for inference).
+        """
         logits, features = self.forward_learners(x)
         if not self.training:
             return self.combine(logits)
-        # Base learners of other backbones may differ in spatial size at a level: align to the first.
-        features = [[resize_to(f, ref.shape[2:]) for f, ref in zip(feats, features[0])] for feats in features]
-        return {"logits": logits, "features": features, "roles": self.level_roles}
+        return self._train_output(logits, features)
+
+
+def _name(learner: nn.Module) -> str:
+    """The learner's class name (the wrapped network's, for staged adapters)."""
+    return str(getattr(learner, "backbone_name", type(learner).__name__))
