@@ -163,7 +163,7 @@ def test_validation_handler_before_or_after(tmp_path, curves_first):
                                         overlay=False)
     writes = []
     original = curves._write
-    curves._write = lambda: (writes.append(trainer.state.epoch), original())
+    curves._write = lambda figure=True: (writes.append(trainer.state.epoch), original(figure))
     trainer.run()
     columns, rows = read_csv(tmp_path / "training_history.csv")
     assert columns == ["epoch", "loss", "val_mean_dice", "lr"]
@@ -296,3 +296,19 @@ def test_overlay_without_pred_draws_the_ensembles_own_output(tmp_path, output):
         expected[:2] = 1  # the mean (1/3) stays background
     np.testing.assert_array_equal(drawn, expected)
     np.testing.assert_array_equal(handler.prediction(torch.ones(1, 4, 4), probs), np.ones((4, 4)))  # a given pred wins
+
+
+def test_figure_interval_draws_less_often_but_always_at_the_end(tmp_path, monkeypatch):
+    import qddens_monai.handlers.curves as curves_module
+
+    drawn = []
+    real = curves_module.save_figure
+    monkeypatch.setattr(curves_module, "save_figure", lambda fig, path, dpi: (drawn.append(path), real(fig, path, dpi)))
+    trainer, _, curves, _, _ = make_run(tmp_path, max_epochs=4, ensemble=False, overlay=False, figure_interval=3)
+    trainer.run()
+    _, rows = read_csv(tmp_path / "training_history.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # the CSV every epoch
+    assert len(drawn) == 2  # the PNG at epoch 3 and when training completed (epoch 4)
+    check_png(tmp_path / "training_curves.png")
+    with pytest.raises(ValueError, match="figure_interval"):
+        TrainingCurvesHandler(tmp_path, figure_interval=0)
