@@ -25,7 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import save_net_with_metadata
 from monai.inferers import sliding_window_inference
-from monai.transforms import RandSpatialCropSamples
+from monai.transforms import RandSpatialCropSamples, SpatialPad
 from torch import nn
 
 from qddens_monai.config import REPOSITORY
@@ -134,10 +134,14 @@ def _read_images(parser: ConfigParser, num_images: int) -> list[torch.Tensor]:
 
 
 def _calibration(images: list[torch.Tensor], roi: list[int], num_patches: int) -> list:
-    """Random ROI patches (1, C_in, *roi) of ``images``, for ONNX Runtime's int8 calibration."""
+    """Random ROI patches (1, C_in, *roi) of ``images``, for ONNX Runtime's int8 calibration.
+
+    Images smaller than ``roi`` are zero-padded to it first, as the sliding window pads them: the ONNX
+    model's input size is fixed at ``roi``."""
+    pad = SpatialPad(roi)
     crop = RandSpatialCropSamples(roi, num_samples=num_patches, random_size=False)
     crop.set_random_state(0)
-    return [torch.as_tensor(p)[None].numpy() for img in images for p in crop(img)]
+    return [torch.as_tensor(p)[None].numpy() for img in images for p in crop(pad(img))]
 
 
 def mask_dice(masks: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
