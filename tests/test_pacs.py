@@ -1,0 +1,185 @@
+"""The label server against a real PACS: Orthanc with its DICOMweb plugin on 127.0.0.1 (see ``orthanc.py``).
+
+Orthanc receives, through its REST API (``POST /instances``):
+
+- ``a`` and ``b``: two 32^3 CT series written by :func:`qddens_monai.data.write_dicom_series`;
+- ``gap``: pydicom's ``dicomdirtests/77654033/CT2`` series (a 202 mm slice gap: refused, reported);
+- ``one``: pydicom's one-slice ``CT_small.dcm`` (2D for the 3D bundle: refused, reported).
+
+The label server runs with ``--studies <orthanc>/dicom-web`` and is driven through
+``monailabel.client.MONAILabelClient`` as OHIF's plugin does. The saved label must come back from
+Orthanc as a DICOM SEG referencing the source series, its frames equal to the label slice by slice.
+"""
+
+import io
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from qddens_monai.label.compat import monailabel_available
+
+if not monailabel_available():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI: MONAI Label is not installed; the CI installs it (see .ci/run).")
+    pytest.skip("MONAI Label is not installed (pip install the label extra, see README)", allow_module_level=True)
+
+from orthanc import OrthancProcess, need_orthanc  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _project_series(folder: Path, seed: int) -> list[str]:
+    from monai.data.synthetic import create_test_image_3d
+
+    from qddens_monai.data import write_dicom_series
+
+    image, _ = create_test_image_3d(32, 32, 32, num_objs=4, rad_max=8, noise_max=0.05,
+                                    random_state=np.random.RandomState(seed))
+    return write_dicom_series(image.astype(np.float32) * 1000.0, spacing=(1.5, 1.5, 2.0), out_dir=str(folder),
+                              patient_id=f"QDDENS-{seed}", series_description=f"qddens test {seed}")
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc with the four series; yields ``(orthanc, {name: series UID}, tmp folder)``."""
+    import pydicom.data
+
+    binary, plugin = need_orthanc()
+    tmp = tmp_path_factory.mktemp("pacs")
+    with OrthancProcess(tmp / "orthanc", binary, plugin) as orthanc:
+        gap = Path(pydicom.data.get_testdata_file("dicomdirtests/77654033/CT2/17136")).parent
+        files = {"a": _project_series(tmp / "a", 1), "b": _project_series(tmp / "b", 2),
+                 "gap": sorted(str(f) for f in gap.iterdir() if f.is_file()),
+                 "one": [pydicom.data.get_testdata_file("CT_small.dcm")]}
+        uids = {}
+        for name, paths in files.items():
+            answers = orthanc.upload(paths)
+            assert {a["Status"] for a in answers} <= {"Success", "AlreadyStored"}, answers
+            uids[name] = orthanc.get(f"/series/{answers[0]['ParentSeries']}")["MainDicomTags"]["SeriesInstanceUID"]
+        yield orthanc, uids, tmp
+
+
+@pytest.fixture(scope="module")
+def server(pacs):
+    """The label server on Orthanc's DICOMweb root, and a MONAILabelClient on it."""
+    from monailabel.client import MONAILabelClient
+
+    from qddens_monai.label.server import LabelServerProcess
+
+    orthanc, uids, tmp = pacs
+    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp / "cache"),
+           "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "CT"})}
+    srv = LabelServerProcess(orthanc.dicomweb, tmp / "app", ["--override", "roi_size=[32,32,32]"],
+                             log=tmp / "server.log", timeout=180, env=env)
+    try:
+        yield srv, MONAILabelClient(srv.url, tmpdir=str(tmp / "client")), orthanc, uids, tmp
+    finally:
+        srv.stop()
+
+
+def _status(srv, method, path, **kwargs):
+    import httpx
+
+    with httpx.Client(base_url=srv.url, timeout=300) as c:
+        r = c.request(method, path, **kwargs)
+    return r.status_code, r.text
+
+
+def _cached(tmp: Path, uid: str) -> Path:
+    found = list((tmp / "cache").glob(f"*/{uid}.nii.gz"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _segs(orthanc) -> list[dict]:
+    return [s for s in (orthanc.get(f"/series/{i}") for i in orthanc.get("/series"))
+            if s["MainDicomTags"].get("Modality") == "SEG"]
+
+
+def test_lists_the_pacs_series(server):
+    srv, client, _, uids, _ = server
+    objects = client.datastore()["objects"]
+    assert set(uids.values()) <= set(objects), (uids, list(objects))
+
+
+def test_strategies_choose_servable_series_and_report_the_bad_ones(server):
+    srv, client, _, uids, _ = server
+    good = {uids["a"], uids["b"]}
+    for strategy in ("first", "random", "uncertainty", "suggestive"):
+        sample = client.next_sample(strategy, {"device": "cpu", "wait_for_scores": True})
+        assert sample["id"] in good, (strategy, sample, srv.tail())
+    refused = client.info()["refused_studies"]
+    assert "gap" in refused.get(uids["gap"], "") or "spac" in refused.get(uids["gap"], ""), refused
+    one = [v for k, v in refused.items() if k.startswith(uids["one"])]  # the series, or its converted volume
+    assert one and "2 spatial dimensions" in one[0], refused
+
+
+def test_ids_are_confined_and_bad_series_refused(server):
+    srv, _, _, uids, _ = server
+    for bad in ("../x", "1.2/../..", "..", "abc"):
+        status, text = _status(srv, "GET", "/datastore/image/info", params={"image": bad})
+        assert status == 400, (bad, status, text)
+    status, text = _status(srv, "GET", "/datastore/image/info", params={"image": "1.2.3.4"})
+    assert status == 404, text
+    status, text = _status(srv, "POST", "/infer/qddens", params={"image": uids["gap"], "output": "json"},
+                           json={"device": "cpu"})
+    assert status == 422 and uids["gap"] in text, text
+
+
+def test_infer_fetches_once_and_labels_go_back_as_dicom_seg(server):
+    import highdicom as hd
+    import pydicom
+
+    srv, client, orthanc, uids, tmp = server
+    uid = uids["a"]
+    out, _ = client.infer("qddens", uid, {"device": "cpu"})
+    image_file = _cached(tmp, uid)
+    image = nib.load(str(image_file))
+    assert nib.load(out).shape == image.shape == (32, 32, 32)
+    folder = image_file.parent / uid
+    stamp = (folder.stat().st_mtime_ns, image_file.stat().st_mtime_ns)
+    client.infer("qddens", uid, {"device": "cpu"})
+    assert (folder.stat().st_mtime_ns, image_file.stat().st_mtime_ns) == stamp  # fetched and converted once
+
+    # A label that says where each voxel is: above the median intensity (never equal: integer HU + 0.5).
+    volume = np.asarray(image.dataobj, dtype=np.float32)
+    threshold = float(np.median(volume)) + 0.5
+    label = (volume > threshold).astype(np.uint8)
+    label_file = tmp / "label_a.nii.gz"
+    nib.save(nib.Nifti1Image(label, image.affine), str(label_file))
+
+    # A label of the wrong shape is refused and nothing reaches the PACS.
+    wrong = tmp / "wrong.nii.gz"
+    nib.save(nib.Nifti1Image(label[:, :, :10], image.affine), str(wrong))
+    status, text = _status(srv, "PUT", "/datastore/label", params={"image": uid, "tag": "final"},
+                           files={"label": ("wrong.nii.gz", wrong.read_bytes())})
+    assert status == 422, text
+    assert not _segs(orthanc)
+
+    client.save_label(uid, str(label_file), tag="final")
+    segs = _segs(orthanc)
+    assert len(segs) == 1, segs
+    instance = orthanc.get(f"/series/{segs[0]['ID']}")["Instances"][0]
+    with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
+        seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(r.read())))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+    metadata = json.loads((srv.app_dir / "model" / "qddens" / "configs" / "metadata.json").read_text())
+    classes = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [classes["1"]]  # the served bundle's class
+    sources = [pydicom.dcmread(str(f)) for f in sorted(folder.iterdir())]
+    frames = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in sources], segment_numbers=[1],
+                                               combine_segments=True)
+    for source, frame in zip(sources, frames):
+        hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+        np.testing.assert_array_equal(frame, (hu > threshold).astype(frame.dtype), err_msg=str(source.InstanceNumber))
+    assert int(np.sum(frames)) == int(label.sum()) > 0
+
+    # Labeled now: the strategies choose the other series.
+    for strategy in ("first", "random", "uncertainty", "suggestive"):
+        assert client.next_sample(strategy, {"device": "cpu", "wait_for_scores": True})["id"] == uids["b"], strategy
