@@ -183,3 +183,43 @@ def test_infer_fetches_once_and_labels_go_back_as_dicom_seg(server):
     # Labeled now: the strategies choose the other series.
     for strategy in ("first", "random", "uncertainty", "suggestive"):
         assert client.next_sample(strategy, {"device": "cpu", "wait_for_scores": True})["id"] == uids["b"], strategy
+
+
+def test_training_on_labels_in_the_pacs(server):
+    """A SEG made elsewhere (here: written for series ``b`` and sent to Orthanc) is a training label: the
+    train datalist pulls it back onto the image's grid, and training from the server changes the weights."""
+    import hashlib
+
+    from qddens_monai.data.dicom_seg import write_dicom_seg
+
+    srv, client, orthanc, uids, tmp = server
+    import pydicom
+
+    sources = [pydicom.dcmread(str(f)) for f in sorted((tmp / "b").iterdir())]
+    hu = np.stack([s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in sources], axis=-1)
+    label = (np.transpose(hu, (1, 0, 2)) > float(np.median(hu)) + 0.5).astype(np.uint8)  # (x, y, z)
+    seg = write_dicom_seg(label, tmp / "b", tmp / "seg_b.dcm", {1: "foreground"})
+    orthanc.upload([seg])
+
+    status, text = _status(srv, "GET", "/datastore/", params={"output": "train"})
+    assert status == 200, text
+    pairs = {Path(item["image"]).name.split(".nii")[0]: item["label"] for item in json.loads(text)}
+    assert uids["b"] in pairs and set(pairs) <= {uids["a"], uids["b"]}, pairs  # (a: labeled in the test above)
+    pulled = nib.load(pairs[uids["b"]])
+    np.testing.assert_array_equal(np.asarray(pulled.dataobj), label)
+    np.testing.assert_allclose(pulled.affine, nib.load(str(_cached(tmp, uids["b"]))).affine, atol=1e-4)
+
+    model = srv.app_dir / "model" / "qddens" / "models" / "model.pt"
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    status, text = _status(srv, "POST", "/train/qddens", json={"max_epochs": 1, "device": "cpu", "multi_gpu": False,
+                                                               "val_split": 0.5})
+    assert status == 200, text
+    deadline = time.monotonic() + 300
+    while True:
+        task = json.loads(_status(srv, "GET", "/train/", params={"check_if_running": "false"})[1])
+        if task.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, f"training still {task.get('status')} after 300 s"
+        time.sleep(2)
+    assert task["status"] == "DONE", task.get("details")
+    assert hashlib.sha256(model.read_bytes()).hexdigest() != before

@@ -279,5 +279,6 @@ class PacsDatastore(CheckedDatastore):
                                             {"SegSeriesInstanceUID": seg_uid})
 
     def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
+        self._forget_listings()  # training: the PACS's labels as they are now
         self._pull_labels()
         return super().datalist(full_path)
