@@ -4,7 +4,8 @@ Orthanc receives, through its REST API (``POST /instances``):
 
 - ``a`` and ``b``: two 32^3 CT series written by :func:`qddens_monai.data.write_dicom_series`;
 - ``gap``: pydicom's ``dicomdirtests/77654033/CT2`` series (a 202 mm slice gap: refused, reported);
-- ``one``: pydicom's one-slice ``CT_small.dcm`` (2D for the 3D bundle: refused, reported).
+- ``one``: pydicom's one-slice ``CT_small.dcm`` (2D for the 3D bundle: refused, reported);
+- ``mixed``: one series UID holding 32 x 32 and 16 x 16 slices (refused, reported).
 
 The label server runs with ``--studies <orthanc>/dicom-web`` and is driven through
 ``monailabel.client.MONAILabelClient`` as OHIF's plugin does. The saved label must come back from
@@ -45,6 +46,25 @@ def _project_series(folder: Path, seed: int) -> list[str]:
                               patient_id=f"QDDENS-{seed}", series_description=f"qddens test {seed}")
 
 
+def _mixed_series(folder: Path) -> list[str]:
+    from qddens_monai.data import write_dicom_series
+
+    rng = np.random.RandomState(5)
+    ids = {"series_uid": "1.2.826.0.1.3680043.8.498.16", "study_uid": "1.2.826.0.1.3680043.8.498.17",
+           "patient_id": "QDDENS-MIXED"}
+    import pydicom
+
+    big = write_dicom_series(rng.rand(32, 32, 8).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0),
+                             out_dir=str(folder / "big"), **ids)
+    small = write_dicom_series(rng.rand(16, 16, 3).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0),
+                               origin=(0, 0, 16), out_dir=str(folder / "small"), **ids)
+    for k, path in enumerate(small):  # instance UIDs of their own (they derive from the series UID and index)
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.18.{k + 1}"
+        ds.save_as(path)
+    return big + small
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     """Orthanc with the four series; yields ``(orthanc, {name: series UID}, tmp folder)``."""
@@ -56,7 +76,7 @@ def pacs(tmp_path_factory):
         gap = Path(pydicom.data.get_testdata_file("dicomdirtests/77654033/CT2/17136")).parent
         files = {"a": _project_series(tmp / "a", 1), "b": _project_series(tmp / "b", 2),
                  "gap": sorted(str(f) for f in gap.iterdir() if f.is_file()),
-                 "one": [pydicom.data.get_testdata_file("CT_small.dcm")]}
+                 "one": [pydicom.data.get_testdata_file("CT_small.dcm")], "mixed": _mixed_series(tmp / "mixed")}
         uids = {}
         for name, paths in files.items():
             answers = orthanc.upload(paths)
@@ -118,6 +138,7 @@ def test_strategies_choose_servable_series_and_report_the_bad_ones(server):
     assert "gap" in refused.get(uids["gap"], "") or "spac" in refused.get(uids["gap"], ""), refused
     one = [v for k, v in refused.items() if k.startswith(uids["one"])]  # the series, or its converted volume
     assert one and "2 spatial dimensions" in one[0], refused
+    assert "different sizes" in refused.get(uids["mixed"], ""), refused
 
 
 def test_ids_are_confined_and_bad_series_refused(server):

@@ -100,6 +100,7 @@ class PacsDatastore(CheckedDatastore):
         self._listing: tuple[float, dict[str, str]] = (0.0, {})
         self._segs: tuple[float, dict[str, tuple[str, str]]] = (0.0, {})
         self._fetch_lock = threading.RLock()
+        self._failed: dict[str, tuple[float, str]] = {}
         os.makedirs(cache_path, exist_ok=True)
         super().__init__(cache_path, screen, extensions=["*.nii.gz"], auto_reload=False, read_only=False)
 
@@ -112,7 +113,8 @@ class PacsDatastore(CheckedDatastore):
         stamp, series = self._listing
         if time.monotonic() - stamp > self._ttl:
             series = {}
-            for item in self._client.search_for_series(search_filters=self._filter or None):
+            for item in self._ask("list the series", self._client.search_for_series,
+                                  search_filters=self._filter or None):
                 uid, study = _value(item, "SeriesInstanceUID"), _value(item, "StudyInstanceUID")
                 if _value(item, "Modality") != "SEG" and _UID.fullmatch(uid) and _UID.fullmatch(study):
                     series[uid] = study
@@ -125,9 +127,11 @@ class PacsDatastore(CheckedDatastore):
         if time.monotonic() - stamp <= self._ttl:
             return segs
         found: dict[str, tuple[str, str, str]] = {}
-        for item in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+        for item in self._ask("list the SEG series", self._client.search_for_series, search_filters={"Modality": "SEG"}):
             study, seg_uid = _value(item, "StudyInstanceUID"), _value(item, "SeriesInstanceUID")
-            for meta in self._client.retrieve_series_metadata(study, seg_uid):
+            if not (_UID.fullmatch(study) and _UID.fullmatch(seg_uid)):
+                continue
+            for meta in self._ask("read a SEG's metadata", self._client.retrieve_series_metadata, study, seg_uid):
                 ds = Dataset.from_json(meta)
                 for ref in ds.get("ReferencedSeriesSequence", []):
                     ref_uid = str(ref.get("SeriesInstanceUID", ""))
@@ -137,6 +141,15 @@ class PacsDatastore(CheckedDatastore):
         segs = {k: (v[0], v[1]) for k, v in found.items()}
         self._segs = (time.monotonic(), segs)
         return segs
+
+    def _ask(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` on the PACS; a failure is a 502 naming the PACS and what was asked."""
+        try:
+            return call(*args, **kwargs)
+        except RequestRefused:
+            raise
+        except Exception as e:
+            raise RequestRefused(502, f"the PACS {self.name()} did not {what}: {type(e).__name__}: {e}") from e
 
     def _forget_listings(self) -> None:
         self._listing, self._segs = (0.0, {}), (0.0, {})
@@ -161,14 +174,23 @@ class PacsDatastore(CheckedDatastore):
                 study = self._series().get(uid)
                 if study is None:
                     raise RequestRefused(404, f"series {uid!r} is not in the PACS")
+                failed = self._failed.get(uid)
+                if failed and time.monotonic() - failed[0] < self._ttl:
+                    return failed[1]  # not asked again before the listing is
                 start = time.monotonic()
                 part = confined(root, f".{uid}.part")
                 shutil.rmtree(part, ignore_errors=True)
                 part.mkdir()
-                for i, instance in enumerate(self._client.retrieve_series(study, uid)):
-                    instance.save_as(str(part / f"{i:05d}.dcm"))  # names chosen here, not by the PACS
+                try:
+                    count = 0
+                    for count, instance in enumerate(self._client.retrieve_series(study, uid), 1):
+                        instance.save_as(str(part / f"{count:05d}.dcm"))  # names chosen here, not by the PACS
+                except Exception as e:  # reported, not fatal: the other series are served
+                    shutil.rmtree(part, ignore_errors=True)
+                    return self._refuse(uid, f"cannot be fetched from the PACS ({type(e).__name__}: {e})")
                 os.replace(part, folder)
-                logger.info(f"fetched series {uid} ({i + 1} instances) in {time.monotonic() - start:.1f} s")
+                self._failed.pop(uid, None)
+                logger.info(f"fetched series {uid} ({count} instances) in {time.monotonic() - start:.1f} s")
             problem = self.screen.study_problem(folder)
             if problem:
                 return problem
@@ -179,10 +201,20 @@ class PacsDatastore(CheckedDatastore):
                     convert_dicom_series(folder, tmp)
                     super(CheckedDatastore, self).add_image(uid, str(tmp), {
                         "SeriesInstanceUID": uid, "StudyInstanceUID": self._series().get(uid, "")})
+                except Exception as e:
+                    return self._refuse(uid, f"cannot be converted ({type(e).__name__}: {e})")
                 finally:
                     shutil.rmtree(tmp.parent, ignore_errors=True)
                 logger.info(f"converted series {uid} in {time.monotonic() - start:.1f} s")
         return None
+
+    def _refuse(self, uid: str, problem: str) -> str:
+        """Log and remember (for ``/info/`` ``refused_studies``) why series ``uid`` cannot be served."""
+        problem = f"{uid}: {problem}"
+        logger.warning(f"study refused: {problem}")
+        self._failed[uid] = (time.monotonic(), problem)
+        self.screen.refuse(Path(self._datastore_path) / uid, problem)
+        return problem
 
     def _known(self, image_id: str) -> str:
         uid = self._listed(image_id)
@@ -269,14 +301,18 @@ class PacsDatastore(CheckedDatastore):
                 continue
             import nibabel as nib
 
-            seg = self._client.retrieve_series(study, seg_uid)[0]
-            label = read_dicom_seg(seg, str(confined(self._datastore_path, uid)))
-            image = nib.load(self.get_image_uri(uid))
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / f"{uid}.nii.gz"
-                nib.save(nib.Nifti1Image(label, image.affine), str(path))
-                CheckedDatastore.save_label(self, uid, str(path), DefaultLabelTag.FINAL.value,
-                                            {"SegSeriesInstanceUID": seg_uid})
+            try:
+                seg = self._client.retrieve_series(study, seg_uid)[0]
+                label = read_dicom_seg(seg, str(confined(self._datastore_path, uid)))
+                image = nib.load(self.get_image_uri(uid))
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / f"{uid}.nii.gz"
+                    nib.save(nib.Nifti1Image(label, image.affine), str(path))
+                    CheckedDatastore.save_label(self, uid, str(path), DefaultLabelTag.FINAL.value,
+                                                {"SegSeriesInstanceUID": seg_uid})
+            except Exception as e:  # one unusable SEG does not stop training on the others
+                message = e.message if isinstance(e, RequestRefused) else f"{type(e).__name__}: {e}"
+                logger.warning(f"label ignored: SEG {seg_uid} of series {uid}: {message}")
 
     def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
         self._forget_listings()  # training: the PACS's labels as they are now
