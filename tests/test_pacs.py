@@ -126,6 +126,10 @@ def test_lists_the_pacs_series(server):
     srv, client, _, uids, _ = server
     objects = client.datastore()["objects"]
     assert set(uids.values()) <= set(objects), (uids, list(objects))
+    # The OHIF that MONAI Label serves at /ohif/ reads the PACS through the server's DICOMweb proxy.
+    status, text = _status(srv, "GET", "/proxy/dicom/qido/series", params={"Modality": "CT"})
+    assert status == 200, text
+    assert set(uids.values()) <= {s["0020000E"]["Value"][0] for s in json.loads(text)}
 
 
 def test_strategies_choose_servable_series_and_report_the_bad_ones(server):
@@ -183,23 +187,39 @@ def test_infer_fetches_once_and_labels_go_back_as_dicom_seg(server):
     assert status == 422, text
     assert not _segs(orthanc)
 
+    def check_seg(series_id, above):
+        instance = orthanc.get(f"/series/{series_id}")["Instances"][0]
+        with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
+            seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(r.read())))
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+        metadata = json.loads((srv.app_dir / "model" / "qddens" / "configs" / "metadata.json").read_text())
+        classes = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+        assert [d.SegmentLabel for d in seg.SegmentSequence] == [classes["1"]]  # the served bundle's class
+        sources = [pydicom.dcmread(str(f)) for f in sorted(folder.iterdir())]
+        frames = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in sources], segment_numbers=[1],
+                                                   combine_segments=True)
+        for source, frame in zip(sources, frames):
+            hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+            expected = (hu > threshold) if above else (hu <= threshold)
+            np.testing.assert_array_equal(frame, expected.astype(frame.dtype), err_msg=str(source.InstanceNumber))
+        return int(np.sum(frames))
+
     client.save_label(uid, str(label_file), tag="final")
     segs = _segs(orthanc)
     assert len(segs) == 1, segs
-    instance = orthanc.get(f"/series/{segs[0]['ID']}")["Instances"][0]
-    with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
-        seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(r.read())))
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
-    metadata = json.loads((srv.app_dir / "model" / "qddens" / "configs" / "metadata.json").read_text())
-    classes = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-    assert [d.SegmentLabel for d in seg.SegmentSequence] == [classes["1"]]  # the served bundle's class
-    sources = [pydicom.dcmread(str(f)) for f in sorted(folder.iterdir())]
-    frames = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in sources], segment_numbers=[1],
-                                               combine_segments=True)
-    for source, frame in zip(sources, frames):
-        hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
-        np.testing.assert_array_equal(frame, (hu > threshold).astype(frame.dtype), err_msg=str(source.InstanceNumber))
-    assert int(np.sum(frames)) == int(label.sum()) > 0
+    assert check_seg(segs[0]["ID"], above=True) == int(label.sum()) > 0
+
+    # OHIF's plugin saves the raw voxels as label.bin (uint8, Fortran order); the wrong size is refused.
+    status, text = _status(srv, "PUT", "/datastore/label", params={"image": uid},
+                           files={"label": ("label.bin", bytes(100))})
+    assert status == 422 and "label.bin holds 100 values" in text, text
+    inverse = (1 - label).astype(np.uint8)
+    status, text = _status(srv, "PUT", "/datastore/label", params={"image": uid},
+                           files={"label": ("label.bin", inverse.tobytes(order="F"))})
+    assert status == 200, text
+    new = [s for s in _segs(orthanc) if s["ID"] != segs[0]["ID"]]
+    assert len(new) == 1, new
+    assert check_seg(new[0]["ID"], above=False) == int(inverse.sum())
 
     # Labeled now: the strategies choose the other series.
     for strategy in ("first", "random", "uncertainty", "suggestive"):
@@ -226,6 +246,10 @@ def test_training_on_labels_in_the_pacs(server):
     assert status == 200, text
     pairs = {Path(item["image"]).name.split(".nii")[0]: item["label"] for item in json.loads(text)}
     assert uids["b"] in pairs and set(pairs) <= {uids["a"], uids["b"]}, pairs  # (a: labeled in the test above)
+    if uids["a"] in pairs:  # the newest of a's two SEGs: the inverse label saved as OHIF does
+        volume = np.asarray(nib.load(str(_cached(tmp, uids["a"]))).dataobj, dtype=np.float32)
+        expected = (volume <= float(np.median(volume)) + 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(nib.load(pairs[uids["a"]]).dataobj), expected)
     pulled = nib.load(pairs[uids["b"]])
     np.testing.assert_array_equal(np.asarray(pulled.dataobj), label)
     np.testing.assert_allclose(pulled.affine, nib.load(str(_cached(tmp, uids["b"]))).affine, atol=1e-4)

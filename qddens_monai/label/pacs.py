@@ -63,6 +63,16 @@ def _value(item: Mapping[str, Any], name: str) -> str:
     return str(values[0])
 
 
+def _created(ds: Dataset) -> str:
+    """When a SEG was made, as a sortable string: its content date and time (highdicom writes them to
+    the microsecond), else its instance creation or series date and time."""
+    for date, clock in (("ContentDate", "ContentTime"), ("InstanceCreationDate", "InstanceCreationTime"),
+                        ("SeriesDate", "SeriesTime")):
+        if ds.get(date):
+            return f"{ds.get(date)}{ds.get(clock) or ''}"
+    return ""
+
+
 def read_dicom_seg(seg: Dataset, source_folder: str) -> np.ndarray:
     """The label map (x, y, z), as MONAI reads the series in ``source_folder``, of a DICOM SEG whose
     frames reference that series' instances; segment ``n`` becomes label value ``n``."""
@@ -135,7 +145,7 @@ class PacsDatastore(CheckedDatastore):
                 ds = Dataset.from_json(meta)
                 for ref in ds.get("ReferencedSeriesSequence", []):
                     ref_uid = str(ref.get("SeriesInstanceUID", ""))
-                    when = f"{ds.get('SeriesDate', '')}{ds.get('SeriesTime', '')}{ds.get('InstanceCreationTime', '')}"
+                    when = _created(ds)
                     if ref_uid and (ref_uid not in found or when >= found[ref_uid][2]):
                         found[ref_uid] = (study, seg_uid, when)
         segs = {k: (v[0], v[1]) for k, v in found.items()}
@@ -259,12 +269,15 @@ class PacsDatastore(CheckedDatastore):
         raise RequestRefused(405, "studies are removed in the PACS, not through the label server")
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Check and store the label; a ``final`` label also goes to the PACS as a DICOM SEG (its series
-        UID in the label's info, ``SegSeriesInstanceUID``)."""
-        label_id = super().save_label(image_id, label_filename, label_tag, label_info)
+        """Check and store the label (a label file, or OHIF's ``label.bin``); a ``final`` label also goes to
+        the PACS as a DICOM SEG (its series UID in the label's info, ``SegSeriesInstanceUID``)."""
+        uid = self._known(image_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            if label_filename.endswith(".bin"):  # OHIF's MONAI Label plugin sends the raw voxels
+                label_filename = self._bin_to_nifti(uid, label_filename, Path(tmp) / "label.nii.gz")
+            label_id = super().save_label(uid, label_filename, label_tag, label_info)
         if label_tag != DefaultLabelTag.FINAL.value:
             return label_id
-        uid = self._known(image_id)
         try:
             seg_uid = self._upload_seg(uid, self.get_label_uri(uid, label_tag))
         except Exception:
@@ -273,6 +286,20 @@ class PacsDatastore(CheckedDatastore):
         self.update_label_info(uid, label_tag, {"SegSeriesInstanceUID": seg_uid})
         self._forget_listings()
         return label_id
+
+    def _bin_to_nifti(self, uid: str, label_filename: str, out: Path) -> str:
+        """A ``label.bin`` (uint8 voxels of the image, Fortran order, as MONAI Label's ``binary_to_image``
+        reads them) as NIfTI on the image's grid; 422 when its size is not the image's."""
+        import nibabel as nib
+
+        image = nib.load(self.get_image_uri(uid))
+        shape = tuple(int(n) for n in image.shape[:3])
+        voxels = np.fromfile(label_filename, dtype=np.uint8)
+        if voxels.size != int(np.prod(shape)):
+            raise RequestRefused(422, f"label for {uid!r} refused: label.bin holds {voxels.size} values, the image "
+                                      f"has {int(np.prod(shape))} voxels {shape}")
+        nib.save(nib.Nifti1Image(voxels.reshape(shape, order="F"), image.affine), str(out))
+        return str(out)
 
     def _upload_seg(self, uid: str, label_file: str) -> str:
         import nibabel as nib
