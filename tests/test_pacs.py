@@ -152,6 +152,18 @@ def test_ids_are_confined_and_bad_series_refused(server):
         assert status == 400, (bad, status, text)
     status, text = _status(srv, "GET", "/datastore/image/info", params={"image": "1.2.3.4"})
     assert status == 404, text
+    # The DICOMweb proxy (OHIF's way to the PACS) does not leave the DICOMweb root for Orthanc's REST API.
+    import http.client
+
+    for path in ("/proxy/dicom/../system", "/proxy/dicom/%2e%2e/system", "/proxy/dicom/qido/..%2F..%2Fsystem",
+                 "/proxy/dicom/wado/%2E%2E/%2E%2E/tools/now"):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            conn.request("GET", path)  # sent as written (an HTTP library would resolve the dots first)
+            answer = conn.getresponse()
+            assert answer.status == 400, (path, answer.status, answer.read()[:200])
+        finally:
+            conn.close()
     status, text = _status(srv, "POST", "/infer/qddens", params={"image": uids["gap"], "output": "json"},
                            json={"device": "cpu"})
     assert status == 422 and uids["gap"] in text, text
