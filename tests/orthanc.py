@@ -29,7 +29,8 @@ PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 
 def orthanc_binary() -> tuple[Optional[str], Optional[str]]:
     """``(Orthanc binary, DICOMweb plugin)``, each ``None`` when not installed."""
-    binary = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.path.isfile(p)), None)
+    candidates = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
+    binary = shutil.which("Orthanc") or next((p for p in candidates if os.path.isfile(p)), None)
     plugin = None
     for folder in PLUGIN_DIRS:
         found = sorted(Path(folder).glob("libOrthancDicomWeb.so*")) if os.path.isdir(folder) else []

@@ -137,7 +137,8 @@ class PacsDatastore(CheckedDatastore):
         if time.monotonic() - stamp <= self._ttl:
             return segs
         found: dict[str, tuple[str, str, str]] = {}
-        for item in self._ask("list the SEG series", self._client.search_for_series, search_filters={"Modality": "SEG"}):
+        listed = self._ask("list the SEG series", self._client.search_for_series, search_filters={"Modality": "SEG"})
+        for item in listed:
             study, seg_uid = _value(item, "StudyInstanceUID"), _value(item, "SeriesInstanceUID")
             if not (_UID.fullmatch(study) and _UID.fullmatch(seg_uid)):
                 continue
@@ -180,13 +181,13 @@ class PacsDatastore(CheckedDatastore):
         root = Path(self._datastore_path)
         folder = confined(root, uid)
         with self._fetch_lock:
+            failed = self._failed.get(uid)
+            if failed and time.monotonic() - failed[0] < self._ttl:
+                return failed[1]  # not tried again before the listing is
             if not folder.is_dir():
                 study = self._series().get(uid)
                 if study is None:
                     raise RequestRefused(404, f"series {uid!r} is not in the PACS")
-                failed = self._failed.get(uid)
-                if failed and time.monotonic() - failed[0] < self._ttl:
-                    return failed[1]  # not asked again before the listing is
                 start = time.monotonic()
                 part = confined(root, f".{uid}.part")
                 shutil.rmtree(part, ignore_errors=True)
@@ -199,7 +200,6 @@ class PacsDatastore(CheckedDatastore):
                     shutil.rmtree(part, ignore_errors=True)
                     return self._refuse(uid, f"cannot be fetched from the PACS ({type(e).__name__}: {e})")
                 os.replace(part, folder)
-                self._failed.pop(uid, None)
                 logger.info(f"fetched series {uid} ({count} instances) in {time.monotonic() - start:.1f} s")
             problem = self.screen.study_problem(folder)
             if problem:
@@ -216,6 +216,7 @@ class PacsDatastore(CheckedDatastore):
                 finally:
                     shutil.rmtree(tmp.parent, ignore_errors=True)
                 logger.info(f"converted series {uid} in {time.monotonic() - start:.1f} s")
+            self._failed.pop(uid, None)
         return None
 
     def _refuse(self, uid: str, problem: str) -> str:
