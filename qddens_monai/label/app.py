@@ -183,7 +183,11 @@ class QDDEnsLabelApp(MONAILabelApp):
         from monailabel.utils.others.generic import md5_digest
 
         session = None
-        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+        if "googleapis.com" in self.studies:  # Google Cloud Healthcare, as MONAI Label does (not tested here)
+            from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials
+
+            session = create_session_from_gcp_credentials()
+        elif settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
             session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
                                                     settings.MONAI_LABEL_DICOMWEB_PASSWORD)
         client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
