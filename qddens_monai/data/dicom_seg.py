@@ -39,6 +39,7 @@ def write_dicom_seg(
     label_names: Mapping[int, str],
     algorithm_name: str = "QDD-Ens",
     algorithm_version: str = "0.1.0",
+    algorithm_type: str = "AUTOMATIC",
 ) -> str:
     """Write ``label_map`` (x, y, z) of the DICOM series in ``source_folder`` as a DICOM SEG file.
 
@@ -47,6 +48,8 @@ def write_dicom_seg(
         source_folder: the folder of the source series (one series).
         output_file: the ``.dcm`` file to write (written to a temporary name, then moved).
         label_names: ``{label value: segment name}`` of the foreground labels to store.
+        algorithm_type: ``AUTOMATIC`` (a prediction) or ``SEMIAUTOMATIC`` (a prediction an annotator
+            edited, e.g. a label saved from a viewer).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -67,7 +70,7 @@ def write_dicom_seg(
             segment_label=name,
             segmented_property_category=codes.cid7150.Tissue,
             segmented_property_type=codes.cid7166.ConnectiveTissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
             algorithm_identification=algorithm,
         )
         for i, (_, name) in enumerate(sorted(label_names.items()))

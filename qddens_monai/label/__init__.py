@@ -1,7 +1,7 @@
 """MONAI Label integration: suggestive annotation from the ensemble's member disagreement (DESIGN §1.5).
 
-``selection``, ``scoring``, ``bundle`` and ``studies`` need only MONAI; ``app`` and ``server`` need the
-``label`` extra (MONAI Label, see the README) and are imported on demand.
+``selection``, ``scoring``, ``bundle`` and ``studies`` need only MONAI; ``app``, ``server`` and ``pacs``
+need the ``label`` extra (MONAI Label, see the README) and are imported on demand.
 """
 
 from qddens_monai.label.bundle import bundle_dir, bundle_network, prepare_label_bundle

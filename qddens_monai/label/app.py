@@ -15,6 +15,9 @@ Conf keys (``--conf K V``): ``models`` (bundle folder name under ``<app>/model``
 MONAI Label's scoring subprocess does not race the datastore), ``background_scoring`` (default true:
 the server scores the pool in a thread, see :mod:`qddens_monai.label.strategies`).
 
+With ``--studies http(s)://.../dicom-web`` the datastore is a
+:class:`~qddens_monai.label.pacs.PacsDatastore` (series fetched over DICOMweb, labels back as DICOM SEG).
+
 Robustness (see the README's table): the datastore is a
 :class:`~qddens_monai.label.datastore.CheckedDatastore` (ids confined, studies screened, labels
 checked, finite numbers only); studies that cannot be served are listed under ``refused_studies`` in
@@ -56,6 +59,7 @@ from monailabel.utils.others.generic import get_bundle_models, strtobool  # noqa
 from qddens_monai.evaluation import LearnerProbabilities  # noqa: E402
 from qddens_monai.label.confine import RequestRefused  # noqa: E402
 from qddens_monai.label.datastore import CheckedDatastore  # noqa: E402
+from qddens_monai.label.pacs import PacsDatastore  # noqa: E402
 from qddens_monai.label.scoring import DisagreementMapd  # noqa: E402
 from qddens_monai.label.screening import StudyScreen  # noqa: E402
 from qddens_monai.label.strategies import SCORE_KEY, EnsembleScoring, SuggestiveStrategy, UncertaintyStrategy  # noqa: E402
@@ -117,6 +121,16 @@ def _bundle_screen(bundle: str) -> StudyScreen:
     return StudyScreen(*(int(parser.get_parsed_content(k)) for k in ("spatial_dims", "in_channels", "num_classes")))
 
 
+def _bundle_classes(bundle: str) -> dict[int, str]:
+    """``{label value: name}`` of the bundle's foreground classes (its metadata's ``channel_def``)."""
+    import json
+
+    with open(os.path.join(bundle, "configs", "metadata.json")) as f:
+        outputs = json.load(f)["network_data_format"]["outputs"]
+    channels = next(iter(outputs.values())).get("channel_def", {})
+    return {int(k): str(v) for k, v in channels.items() if str(v).lower() != "background"}
+
+
 def _uploaded(path: str, sessions: Optional[str]) -> bool:
     """Whether ``path`` is a file MONAI Label received with the request (``tempfile``'s ``tmp*`` file
     directly in the temporary folder) or a session's image, the only server paths infer accepts."""
@@ -154,15 +168,42 @@ class QDDEnsLabelApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+                return super().init_datastore()
+            return self._pacs_datastore()
         return CheckedDatastore(self.studies, self.screen, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
                                 auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
                                 read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
+    def _pacs_datastore(self) -> PacsDatastore:
+        """A :class:`PacsDatastore` on ``--studies`` (a DICOMweb root), with MONAI Label's DICOMweb settings
+        (user / password, QIDO / WADO / STOW prefixes, search filter, cache path)."""
+        from dicomweb_client.session_utils import create_session_from_user_pass
+        from monailabel.datastore.dicom import DICOMwebClientX
+        from monailabel.utils.others.generic import md5_digest
+
+        session = None
+        if "googleapis.com" in self.studies:  # Google Cloud Healthcare, as MONAI Label does (not tested here)
+            from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials
+
+            session = create_session_from_gcp_credentials()
+        elif settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+        client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or os.path.join(
+            Path.home(), ".cache", "qddens-monai", "dicomweb")
+        bundle = next(iter(self.models.values()))
+        return PacsDatastore(client, self.screen, os.path.join(cache, md5_digest(self.studies)), _bundle_classes(bundle),
+                             search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER)
+
     def on_init_complete(self) -> None:
         """Screen every study once when the server starts (the verdicts are cached per file version)."""
         datastore = self.datastore()
-        if isinstance(datastore, CheckedDatastore):
+        if isinstance(datastore, CheckedDatastore) and not isinstance(datastore, PacsDatastore):
+            # (a PACS's series are fetched and screened when first needed, e.g. by the background scoring)
             start = time.monotonic()
             images = datastore.list_images()
             bad = len(images) - len(datastore.servable(images))

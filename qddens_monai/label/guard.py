@@ -14,6 +14,9 @@ request and changes only its middleware and error handlers, not its endpoints:
   ``/scoring/<method>``, ``/batch/infer/<model>`` and ``/model/<model>`` must name something the app
   serves (404 with the list), and the query parameters ``image``, ``id``, ``label`` (ids) and
   ``tag`` must be plain names (400, :mod:`qddens_monai.label.confine`).
+- **DICOMweb proxy**: MONAI Label's ``/proxy/dicom/...`` (used by the OHIF it serves) appends the
+  request path to ``--studies``; ``.`` / ``..`` segments and encoded dots, slashes and backslashes are
+  refused (400), so it cannot reach the PACS's other endpoints (e.g. Orthanc's REST API).
 - **Read-only bundle**: uploading or deleting model weights through ``/model/<model>`` is refused (403);
   the weights change only by training from the server.
 - **Errors**: :class:`~qddens_monai.label.confine.RequestRefused` answers its status and message;
@@ -76,6 +79,11 @@ class GuardMiddleware(BaseHTTPMiddleware):
                 if prefix == ("model",) and request.method in ("PUT", "POST", "DELETE"):
                     raise RequestRefused(403, "the served bundle is read-only through the API: its weights "
                                               "change only by training from the server")
+        if parts[:1] == ["proxy"]:  # MONAI Label's DICOMweb proxy appends the path to --studies
+            raw = request.scope.get("raw_path", b"").decode("latin-1").lower()
+            if any(p in (".", "..") for p in parts) or any(x in raw for x in ("%2e", "%2f", "%5c", "\\")):
+                raise RequestRefused(400, "a DICOMweb proxy path stays under the PACS's DICOMweb root: no '.' or "
+                                          "'..' segments, no encoded '.', '/' or '\\'")
         for key in _ID_PARAMS:
             value = request.query_params.get(key)
             if value:  # an empty image with an uploaded file or a session is MONAI Label's business

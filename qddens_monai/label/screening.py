@@ -96,6 +96,12 @@ class StudyScreen:
         with self._lock:
             return {k: v[1] for k, v in self._verdicts.items() if v[1]}
 
+    def refuse(self, path: PathLike, problem: str) -> None:
+        """Record ``problem`` for ``path`` (e.g. a series that could not be fetched), listed by :meth:`refused`
+        until ``path`` is screened again."""
+        with self._lock:
+            self._verdicts[str(path)] = ((-1, -1), problem)
+
     def label_problem(self, image: PathLike, label: PathLike, name: str = "label") -> Optional[str]:
         """Why ``label`` cannot be the label of ``image`` (readable, one channel, same shape, same geometry
         within ``affine_tolerance``, values within the classes); ``None`` if it can. The message calls

@@ -18,9 +18,29 @@ from monai.transforms import LoadImage
 
 from qddens_monai.data import dicom_series_in
 
-__all__ = ["convert_dicom_studies"]
+__all__ = ["convert_dicom_studies", "convert_dicom_series"]
 
 logger = logging.getLogger(__name__)
+
+
+def _loader() -> LoadImage:
+    return LoadImage(image_only=True, ensure_channel_first=False)
+
+
+def convert_dicom_series(folder: Union[str, os.PathLike], out: Union[str, os.PathLike],
+                         loader: Optional[LoadImage] = None) -> Path:
+    """Write the DICOM series in ``folder`` as the NIfTI file ``out`` (with its affine), atomically:
+    written to a hidden name beside ``out``, then moved. The caller checks the series first."""
+    folder, out = Path(folder), Path(out)
+    image = (loader or _loader())(str(folder))
+    tmp = out.with_name(f".{out.name[:-len('.nii.gz')] if out.name.endswith('.nii.gz') else out.name}.tmp.nii.gz")
+    writer = NibabelWriter()
+    writer.set_data_array(image, channel_dim=None)
+    writer.set_metadata({"affine": image.affine, "original_affine": image.affine}, resample=False)
+    writer.write(str(tmp))
+    os.replace(tmp, out)  # atomic: the datastore never lists a half-written study
+    logger.info(f"DICOM series {folder} -> {out} (shape {tuple(image.shape)})")
+    return out
 
 
 def convert_dicom_studies(
@@ -40,7 +60,7 @@ def convert_dicom_studies(
     """
     root = Path(studies)
     written: list[Path] = []
-    loader = LoadImage(image_only=True, ensure_channel_first=False)
+    loader = _loader()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if folder.name in ("labels", "logs"):
             continue  # MONAI Label's own folders
@@ -57,13 +77,6 @@ def convert_dicom_studies(
         newest = max(f.stat().st_mtime for f in folder.iterdir())
         if out.is_file() and out.stat().st_mtime >= newest:
             continue
-        image = loader(str(folder))
-        tmp = root / f".{folder.name}.tmp.nii.gz"
-        writer = NibabelWriter()
-        writer.set_data_array(image, channel_dim=None)
-        writer.set_metadata({"affine": image.affine, "original_affine": image.affine}, resample=False)
-        writer.write(str(tmp))
-        os.replace(tmp, out)  # atomic: the datastore never lists a half-written study
-        logger.info(f"DICOM series {folder} -> {out} (shape {tuple(image.shape)})")
+        convert_dicom_series(folder, out, loader)
         written.append(out)
     return written
