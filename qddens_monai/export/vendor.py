@@ -17,7 +17,7 @@ VENDOR_PACKAGE = "scripts.qddens_monai"
 #: Package files (or folders, ending in ``/``) an exported bundle does not need: the command line,
 #: the demo command, the MONAI Label app (it has its own extra) and the exporter itself (the
 #: vendored ``export`` package keeps only the ONNX Runtime wrapper).
-VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/vendor.py",
+VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/zoo_ci.py", "export/vendor.py",
                   "export/metadata.py")
 
 _NAME = re.compile(r"(?<![\w.])qddens_monai\b")
