@@ -102,7 +102,7 @@ def test_layout_zip_and_metadata(exported):
     assert meta["numpy_version"] == installed_version("numpy")
     assert meta["required_packages_version"]["pytorch-ignite"] == installed_version("pytorch-ignite")
     assert "qddens-monai" not in meta["required_packages_version"]
-    assert (folder / "large_files.yml").read_text() == "large_files: []\n"  # every file is under 25 MB
+    assert (folder / "large_files.yml").read_text() == "large_files: []\n"  # no --weights-url: weights kept
 
     readme = (folder / "docs" / "README.md").read_text()
     for heading in ["## Model overview", "## Data", "## Training", "## Inference", "## Performance",

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,14 @@ from monai.bundle import ConfigParser
 
 from qddens_monai.data import ensure_demo_data
 from qddens_monai.export import export_zoo
+from qddens_monai.export.weights import LARGE_FILE_BYTES, sha256
 from qddens_monai.export.zoo_ci import ZOO_SCHEMA, assemble_zoo_tree
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "retinal_vessel_fundus_segmentation"
+URL = "https://github.com/example/qddens-monai/releases/download/v0.1.0"
 
 
 def zoo_ci(*args, cwd):
@@ -38,13 +41,13 @@ def zoo_ci(*args, cwd):
 def exported(tmp_path_factory):
     data = tmp_path_factory.mktemp("data") / "demo_2d"
     ensure_demo_data(data, spatial_dims=2)
-    return export_zoo(NAME, tmp_path_factory.mktemp("out"), dataset_dir=data, onnx=False)
+    return export_zoo(NAME, tmp_path_factory.mktemp("out"), dataset_dir=data, onnx=False, weights_url=URL + "/")
 
 
 @pytest.fixture(scope="module")
 def full_mode(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("model-zoo")
-    proc = zoo_ci("--bundle", exported.folder, "--root", root, cwd=root)
+    proc = zoo_ci("--bundle", exported.folder, "--weights", exported.weights, "--root", root, cwd=root)
     return root / "models" / NAME, proc
 
 
@@ -82,6 +85,28 @@ def test_scripted_checkpoint_equals_eager(full_mode):
                    generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(scripted.eval()(x), net.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_pull_request_folder_has_no_file_over_1mb_and_lists_the_weights(exported):
+    folder, weights = exported.folder, exported.weights
+    sizes = {f.relative_to(folder).as_posix(): f.stat().st_size for f in folder.rglob("*") if f.is_file()}
+    assert max(sizes.values()) <= LARGE_FILE_BYTES, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    moved = sorted(f.relative_to(weights).as_posix() for f in weights.rglob("*") if f.is_file())
+    assert "models/model.pt" in moved and "models/model.ts" in moved
+    listed = ConfigParser.load_config_file(str(folder / "large_files.yml"))["large_files"]
+    assert sorted(e["path"] for e in listed) == moved
+    for e in listed:
+        assert e["url"] == f"{URL}/{Path(e['path']).name}" and e["hash_type"] == "sha256"
+        assert e["hash_val"] == sha256(weights / e["path"])
+    with zipfile.ZipFile(exported.zip_path) as z:  # the release zip still holds everything
+        assert f"{NAME}/models/model.pt" in z.namelist()
+
+
+@pytest.mark.parametrize("url", ["", "  ", "models/", "file:///tmp/w"])
+def test_an_empty_or_local_weights_url_is_refused_before_exporting(url, tmp_path):
+    with pytest.raises(ValueError, match="weights url"):
+        export_zoo(NAME, tmp_path / "out", weights_url=url)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_weight_with_a_wrong_hash_fails_as_in_the_zoo(exported, tmp_path):
