@@ -117,3 +117,27 @@ def test_a_weight_with_a_wrong_hash_fails_as_in_the_zoo(exported, tmp_path):
     )
     proc = zoo_ci("--models-path", folder.parent, "--name", NAME, cwd=tmp_path)
     assert proc.returncode != 0 and "Download large files" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_packages_follow_what_each_config_imports(exported):
+    # inference (what the zoo installs and runs) needs fire for the command line, ignite for the evaluator,
+    # the image readers and what the vendored modules import; training's extras and DICOM are optional
+    meta = json.loads((exported.folder / "configs" / "metadata.json").read_text())
+    required, optional = meta["required_packages_version"], meta["optional_packages_version"]
+    assert {"fire", "pytorch-ignite", "nibabel", "pillow"} <= set(required)
+    assert {"tensorboard", "tqdm", "matplotlib", "highdicom", "pydicom"} <= set(optional)
+    assert not set(required) & set(optional)
+    assert "onnxruntime" in optional  # configs/inference_onnx.json
+    assert not {"torch", "monai", "numpy", "qddens-monai"} & (set(required) | set(optional))
+
+
+def test_onnx_config_needs_onnxruntime(tmp_path):
+    from qddens_monai.export.dependencies import config_dependencies
+
+    scripts = REPO / "qddens_monai"  # the same layout as the vendored copy, under another root name
+    config = {"network_def": {"_target_": "scripts.qddens_monai.export.onnx.OnnxRuntimeNetwork"}}
+    vendored = tmp_path / "scripts" / "qddens_monai"
+    vendored.parent.mkdir()
+    vendored.symlink_to(scripts, target_is_directory=True)
+    required, _ = config_dependencies(config, vendored)
+    assert "onnxruntime" in required

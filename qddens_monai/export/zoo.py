@@ -29,6 +29,7 @@ from torch import nn
 
 from qddens_monai.config import REPOSITORY
 from qddens_monai.config import bundle_dir as repository_bundle_dir
+from qddens_monai.export.dependencies import bundle_dependencies
 from qddens_monai.export.metadata import build_metadata
 from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
 from qddens_monai.export.vendor import rewrite_config, vendor_package
@@ -329,7 +330,11 @@ def _build(
         )
     artifacts = ["TorchScript"] + (["packed low-bit"] if quantized else []) + (["ONNX float / int8"] if onnx else [])
     change = f"Model Zoo export of the {what} with {', '.join(artifacts)} artifacts; code vendored in scripts/"
-    meta = build_metadata(meta_base, change, version, overrides=overrides)
+    deps = bundle_dependencies(tmp)  # what each written config imports, through the vendored code
+    required = deps["inference.json"]
+    optional = set().union(*deps.values()) - required
+    meta = build_metadata(meta_base, change, version, packages=tuple(required), overrides=overrides,
+                          optional_packages=tuple(optional))
     _write_json(configs / "metadata.json", meta)
 
     with torch.no_grad():
