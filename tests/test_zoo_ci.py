@@ -47,7 +47,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_mode(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("model-zoo")
-    proc = zoo_ci("--bundle", exported.folder, "--weights", exported.weights, "--root", root, cwd=root)
+    proc = zoo_ci("--bundle", exported.folder, "--weights", exported.weights, "--root", root, "--style", cwd=root)
     return root / "models" / NAME, proc
 
 
@@ -60,7 +60,8 @@ def test_schema_is_the_zoos():
 def test_full_mode_passes_with_no_exclusion(full_mode):
     folder, proc = full_mode
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for step in ["verify_bundle_directory", "verify_version_changes", "verify_metadata_format",
+    for step in ["style (flake8, black, isort, pre-commit file hooks)", "verify_bundle_directory",
+                 "verify_version_changes", "verify_metadata_format",
                  "check_properties (train, inference)", "verify_data_shape", "verify_torchscript"]:
         assert step in proc.stdout, proc.stdout
     assert (folder / "models" / "verify_model.ts").is_file()
@@ -121,9 +122,10 @@ def test_a_weight_with_a_wrong_hash_fails_as_in_the_zoo(exported, tmp_path):
 
 def test_packages_follow_what_each_config_imports(exported):
     # inference (what the zoo installs and runs) needs fire for the command line, ignite for the evaluator,
-    # the image readers and what the vendored modules import; training's extras and DICOM are optional
+    # the image readers and what the vendored modules import; training's extras and DICOM are extra
     meta = json.loads((exported.folder / "configs" / "metadata.json").read_text())
-    required, optional = meta["required_packages_version"], meta["optional_packages_version"]
+    required, optional = meta["required_packages_version"], meta["extra_packages_version"]
+    assert "optional_packages_version" not in meta  # MONAI renames it to required_packages_version
     assert {"fire", "pytorch-ignite", "nibabel", "pillow"} <= set(required)
     assert {"tensorboard", "tqdm", "matplotlib", "highdicom", "pydicom"} <= set(optional)
     assert not set(required) & set(optional)

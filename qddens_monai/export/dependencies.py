@@ -1,4 +1,4 @@
-"""The packages each exported config needs, from what it imports: ``required_packages_version`` and optional ones.
+"""The packages each exported config needs, from what it imports: ``required_packages_version`` and extra ones.
 
 A config needs (1) the third-party modules its ``imports`` and expressions name, (2) what the vendored
 modules it references import when imported (module-level imports of those modules and of every module

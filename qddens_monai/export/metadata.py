@@ -78,7 +78,9 @@ def build_metadata(
     The versions of MONAI, PyTorch, NumPy and of ``packages`` are the ones installed now (the
     export is built and checked with them); ``qddens-monai`` is no longer a requirement since the
     code ships inside the bundle. ``optional_packages`` (what only some configs need) go to
-    ``optional_packages_version``, which the zoo's CI installs too. A changelog entry ``change`` is added for ``version``
+    ``extra_packages_version``: not ``optional_packages_version``, which MONAI's config parser treats as a
+    deprecated name of ``required_packages_version`` and renames, replacing the required list.
+    A changelog entry ``change`` is added for ``version``
     (default: the base version).
 
     Raises:
@@ -94,9 +96,9 @@ def build_metadata(
     meta["required_packages_version"] = {p: installed_version(p) for p in sorted(packages)}
     optional = sorted(set(optional_packages) - set(packages))
     if optional:
-        meta["optional_packages_version"] = {p: installed_version(p) for p in optional}
+        meta["extra_packages_version"] = {p: installed_version(p) for p in optional}
     else:
-        meta.pop("optional_packages_version", None)
+        meta.pop("extra_packages_version", None)
     meta.update(copy.deepcopy(dict(overrides or {})))
     check_metadata(meta)
     return meta

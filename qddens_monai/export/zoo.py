@@ -332,7 +332,7 @@ def _build(
     change = f"Model Zoo export of the {what} with {', '.join(artifacts)} artifacts; code vendored in scripts/"
     deps = bundle_dependencies(tmp)  # what each written config imports, through the vendored code
     required = deps["inference.json"]
-    optional = set().union(*deps.values()) - required
+    optional = set().union(*deps.values()) - required  # -> metadata "extra_packages_version"
     meta = build_metadata(meta_base, change, version, packages=tuple(required), overrides=overrides,
                           optional_packages=tuple(optional))
     _write_json(configs / "metadata.json", meta)

@@ -20,7 +20,7 @@ train and inference workflows are created and their properties checked, as the z
 Command line (from the repository; runs in a fresh process so the vendored package is imported
 from the assembled folder only)::
 
-    python -m qddens_monai.export.zoo_ci --bundle OUT/retinal_vessel_fundus_segmentation [--weights DIR]
+    python -m qddens_monai.export.zoo_ci --bundle OUT/retinal_vessel_fundus_segmentation [--weights DIR] [--style]
 """
 
 from __future__ import annotations
@@ -33,11 +33,23 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
-__all__ = ["ZOO_SCHEMA", "assemble_zoo_tree", "verify_full", "main"]
+__all__ = ["ZOO_SCHEMA", "ZOO_STYLE", "assemble_zoo_tree", "check_style", "verify_full", "main"]
 
 PathLike = Union[str, os.PathLike]
 #: The metadata schema the zoo's ``prepare_schema`` downloads for ``meta_schema_20240725.json`` (a copy).
 ZOO_SCHEMA = Path(__file__).resolve().parents[2] / "tests" / "data" / "meta_schema_20240725.json"
+#: The zoo's style settings (its ``setup.cfg`` [flake8] / [isort] values, written into the assembled root).
+ZOO_STYLE = """[flake8]
+select = B,C,E,F,N,P,T4,W,B9
+max_line_length = 120
+ignore = E203,E501,E741,W503,W504,C408,N812,B023,B905,B028,B907,C419
+per_file_ignores = __init__.py: F401, __main__.py: F401
+
+[isort]
+known_first_party = models
+profile = black
+line_length = 120
+"""
 _NECESSARY = ["configs/metadata.json", "LICENSE"]  # verify_bundle.necessary_files_list
 _PREFERRED = ["models/model.pt", "configs/inference.json"]  # verify_bundle.preferred_files_list
 
@@ -61,6 +73,8 @@ def assemble_zoo_tree(
                 dest = target / f.relative_to(weights)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, dest)
+    if not (root / "setup.cfg").exists():
+        (root / "setup.cfg").write_text(ZOO_STYLE)
     info = root / "models" / "model_info.json"
     if not info.exists():
         info.write_text("{}\n")
@@ -203,6 +217,51 @@ def verify_full(models_path: PathLike, name: str) -> list[str]:
     return steps
 
 
+def check_style(models_path: PathLike, name: str, timeout: float = 600) -> list[str]:
+    """The zoo's style checks on ``models/<name>`` from the zoo root: flake8 (bugbear, pep8-naming), black, isort
+    and the pre-commit hooks that change files (end-of-file-fixer, trailing-whitespace, pretty-format-json with
+    ``--indent=4 --no-sort-keys``, check-added-large-files ``--maxkb=1024``). Returns the findings (empty: pass).
+    Needs ``flake8``, ``flake8-bugbear``, ``pep8-naming``, ``black`` and ``isort`` installed.
+    """
+    import subprocess
+
+    models_path = Path(models_path).resolve()
+    root, rel = models_path.parent, f"models/{name}"
+    commands = {
+        "flake8": [sys.executable, "-m", "flake8", rel],
+        "black": [sys.executable, "-m", "black", "--check", "-l", "120", "--skip-magic-trailing-comma", rel],
+        "isort": [sys.executable, "-m", "isort", "--check-only", rel],
+    }
+    findings = []
+    for tool, cmd in commands.items():
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            findings.append(f"{tool}: {(proc.stdout + proc.stderr).strip()[-3000:]}")
+    downloaded = set()  # the weights large_files.yml lists are not in the pull request
+    large = _bundle_file(root / rel, "large_files")
+    if large is not None:
+        from monai.bundle.config_parser import ConfigParser
+
+        downloaded = {e["path"] for e in ConfigParser.load_config_file(str(root / rel / large)).get("large_files", [])}
+    for f in sorted((root / rel).rglob("*")):
+        if not f.is_file() or "__pycache__" in f.parts or f.relative_to(root / rel).as_posix() in downloaded:
+            continue
+        where = f.relative_to(root).as_posix()
+        if f.stat().st_size > 1024 * 1024:
+            findings.append(f"check-added-large-files: {where} is over 1024 kB")
+            continue
+        if f.suffix not in (".py", ".json", ".md", ".yml", ".yaml", ".txt", ".conf") and f.name != "LICENSE":
+            continue
+        text = f.read_text()
+        if text and (not text.endswith("\n") or text.endswith("\n\n")):
+            findings.append(f"end-of-file-fixer: {where}")
+        if any(line != line.rstrip() for line in text.splitlines()):
+            findings.append(f"trailing-whitespace: {where}")
+        if f.suffix == ".json" and text != json.dumps(json.loads(text), indent=4) + "\n":
+            findings.append(f"pretty-format-json: {where}")
+    return findings
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", help="an exported bundle folder (assembled into --root first)")
@@ -210,6 +269,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--root", help="model-zoo-shaped folder to assemble into (default: a temporary folder)")
     parser.add_argument("--models-path", help="verify an already assembled models/ folder instead (with --name)")
     parser.add_argument("--name", help="the bundle name under --models-path")
+    parser.add_argument("--style", action="store_true", help="also run the zoo's flake8 / black / isort / pre-commit")
     args = parser.parse_args(argv)
     if args.models_path:
         models_path, name = Path(args.models_path), args.name
@@ -218,6 +278,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         root = Path(args.root or tempfile.mkdtemp(prefix="zoo_"))
         models_path, name = assemble_zoo_tree(args.bundle, root, args.weights).parent, Path(args.bundle).name
+    if args.style:  # pre-commit runs on the pull request as submitted, before the CI writes into the folder
+        findings = check_style(models_path, name)
+        if findings:
+            print("\n".join(findings), file=sys.stderr)
+            return 1
+        print("passed: style (flake8, black, isort, pre-commit file hooks)")
     for step in verify_full(models_path, name):
         print(f"passed: {step}")
     print(f"{name}: the model zoo's full-mode checks pass ({models_path})")
