@@ -105,8 +105,9 @@ def test_layout_zip_and_metadata(exported):
     assert (folder / "large_files.yml").read_text() == "large_files: []\n"  # no --weights-url: weights kept
 
     readme = (folder / "docs" / "README.md").read_text()
-    for heading in ["## Model overview", "## Data", "## Training", "## Inference", "## Performance",
-                    "## Limitations", "## References"]:
+    for heading in ["### **Authors**", "### **Tags**", "## Model Overview", "## Data", "## Performance",
+                    "## MONAI Bundle Commands", "execute multi-GPU training", "#### TorchScript and TensorRT",
+                    "## System Configuration", "## Limitations", "## Citation Info", "## References"]:
         assert heading in readme
     for artifact in ARTIFACTS:
         size = (folder / "models" / artifact).stat().st_size
@@ -142,7 +143,7 @@ def test_onnx_runtime_float_and_int8_agree_with_pytorch(exported, data_dir):
     # the int8 model through the bundle's own ONNX config, from the exported folder
     infer(exported.folder, ["inference.json", "inference_onnx.json"], sys.executable, None,
           "--dataset_dir", str(data_dir), "--onnx_file", "models/model_int8.onnx")
-    assert len(list((exported.folder / "eval" / "predictions_onnx").glob("*_seg.png"))) == 4
+    assert len(list((exported.folder / "eval" / "predictions_onnx_model_int8").glob("*_seg.png"))) == 4
 
 
 def test_exported_bundle_runs_in_a_fresh_venv_without_qddens_monai(exported, fresh_python, data_dir, tmp_path):

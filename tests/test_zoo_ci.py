@@ -143,3 +143,25 @@ def test_onnx_config_needs_onnxruntime(tmp_path):
     vendored.symlink_to(scripts, target_is_directory=True)
     required, _ = config_dependencies(config, vendored)
     assert "onnxruntime" in required
+
+
+def test_onnx_float_and_int8_write_to_different_folders(exported):
+    folder = exported.folder
+    outputs = {}
+    for onnx_file in ("models/model.onnx", "models/model_int8.onnx"):
+        parser = ConfigParser()
+        parser.read_config([str(folder / "configs" / "inference.json"), str(folder / "configs" / "inference_onnx.json")])
+        parser.update({"bundle_root": str(folder), "onnx_file": onnx_file})
+        outputs[onnx_file] = parser.get_parsed_content("output_dir")
+    assert outputs["models/model.onnx"].endswith("/eval/predictions_onnx_model")
+    assert outputs["models/model_int8.onnx"].endswith("/eval/predictions_onnx_model_int8")
+
+
+def test_readme_has_the_zoo_templates_sections(exported):
+    readme = (exported.folder / "docs" / "README.md").read_text()
+    for heading in ["### **Authors**", "### **Tags**", "## Model Overview", "## Data", "## Performance",
+                    "## MONAI Bundle Commands", "execute multi-GPU training", "#### TorchScript and TensorRT",
+                    "## System Configuration", "## Limitations", "## Citation Info", "## References", "## License"]:
+        assert heading in readme
+    if "qddens-monai prepare-drive" in readme:  # the package's command, which the export does not ship
+        assert "not part of this bundle" in readme

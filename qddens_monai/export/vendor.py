@@ -18,6 +18,7 @@ VENDOR_PACKAGE = "scripts.qddens_monai"
 #: the demo command, the MONAI Label app (it has its own extra) and the exporter itself (the
 #: vendored ``export`` package keeps only the ONNX Runtime wrapper).
 VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/zoo_ci.py", "export/vendor.py",
+                  "export/readme.py", "export/weights.py", "export/dependencies.py",
                   "export/metadata.py")
 
 _NAME = re.compile(r"(?<![\w.])qddens_monai\b")

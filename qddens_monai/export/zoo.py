@@ -32,6 +32,7 @@ from qddens_monai.config import bundle_dir as repository_bundle_dir
 from qddens_monai.export.dependencies import bundle_dependencies
 from qddens_monai.export.metadata import build_metadata
 from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
+from qddens_monai.export.readme import zoo_readme
 from qddens_monai.export.vendor import rewrite_config, vendor_package
 from qddens_monai.export.weights import LARGE_FILE_BYTES, check_weights_url, large_files, split_weights
 from qddens_monai.networks.distillation import load_checkpoint
@@ -366,108 +367,7 @@ def _build(
     for f in figures:
         shutil.copy2(REPOSITORY / "docs" / "images" / f, docs / f)
     result.sizes = {p.name: p.stat().st_size for p in sorted(models.iterdir())}
-    (docs / "README.md").write_text(_readme(name, meta, student, quantized, result, figures))
+    (docs / "README.md").write_text(zoo_readme(name, meta, student, quantized, result, figures))
     (tmp / "large_files.yml").write_text("large_files: []\n")  # split_weights lists the weights, if asked
     _verify_net_in_out(tmp, verify_timeout)
     return result
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
-def _readme(name: str, meta: dict, student: bool, quantized: bool, result: ExportResult, figures: list[str]) -> str:
-    sizes, dice = result.sizes, result.onnx_dice_vs_pytorch
-    fmt_in = meta["network_data_format"]["inputs"]["image"]
-    fmt_out = meta["network_data_format"]["outputs"]["pred"]
-    artifacts = {
-        "model.pt": "state dict for `network_def` (PyTorch); quantized weights keep their quantization state",
-        "model.ts": "TorchScript of the frozen network (traced at the ROI size)",
-        "model_packed.bin": "quantized weights at their bit widths, entropy coded; `configs/inference_packed.json`",
-        "model.onnx": "ONNX of the frozen network, float32; `configs/inference_onnx.json`",
-        "model_int8.onnx": "ONNX Runtime static int8 (QDQ, per channel); `configs/inference_onnx.json` "
-        "with `--onnx_file models/model_int8.onnx`",
-    }
-    rows = "\n".join(f"| `models/{k}` | {_mb(sizes[k])} | {v} |" for k, v in artifacts.items() if k in sizes)
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in meta.get("eval_metrics", {}).items())
-    agreement = "".join(f"\n- {k.replace('_', ' ')}: Dice {v:.4f} against the PyTorch model's mask" for k, v in dice.items())
-    figs = "".join(f"\n![{f[:-4].replace('_', ' ')}]({f})" for f in figures)
-    refs = "\n".join(f"- {r}" for r in meta.get("references", []))
-    train = (
-        "The student is distilled from the ensemble with the source bundle's `configs/distill.json`; this "
-        "export carries its inference only."
-        if student
-        else "```bash\npython -m monai.bundle run training --config_file configs/train.json\n"
-        "python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json']\"\n```"
-    )
-    packed = (
-        "\n# start from the packed low-bit weights instead of model.pt\n"
-        "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_packed.json']\""
-        if quantized else ""
-    )
-    onnx = (
-        "\n# ONNX Runtime on the CPU, float or int8\n"
-        "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_onnx.json']\"\n"
-        "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_onnx.json']\" "
-        "--onnx_file models/model_int8.onnx"
-        if dice else ""
-    )
-    return f"""# {name}
-
-{meta.get('name', name)}, version {meta['version']}.
-
-## Model overview
-
-{meta['description']}
-
-## Data
-
-{meta.get('data_source', '')}. Input `image`: {fmt_in['num_channels']} channels ({meta.get('image_classes', '')}),
-patches of {fmt_in['spatial_shape']} through a sliding window. Output `pred`: {fmt_out['num_channels']} channels
-({meta.get('pred_classes', '')}). Data license: `docs/data_license.txt`.
-
-## Training
-
-{train}
-
-## Inference
-
-Run from this folder; only MONAI, PyTorch, pytorch-ignite, nibabel, pillow and fire are needed
-(the code is in `scripts/`; `onnxruntime` for the ONNX configs).
-
-```bash
-python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/images{packed}{onnx}
-```
-
-In Python (with this folder on `sys.path`, as for any bundle with `scripts/`):
-`monai.bundle.load(name="{name}", bundle_dir="..", workflow_type="inference")`.
-
-## Deployment artifacts
-
-| file | size | what |
-|---|---|---|
-{rows}
-{agreement}
-
-## Performance
-
-| metric | value |
-|---|---|
-{metrics}
-{figs}
-
-## Limitations
-
-- Trained on generated demo images only; not validated on patient data; research use only.
-- `model.ts` and the ONNX models are traced at the ROI size {fmt_in['spatial_shape']}: run them through the
-  sliding window (the configs do).
-- ONNX Runtime int8 is calibrated on a few patches; check it on your data before relying on it.
-
-## References
-
-{refs}
-
-## License
-
-Code: Apache-2.0 (`LICENSE`). Data: `docs/data_license.txt`.
-"""
