@@ -58,13 +58,13 @@ def exported(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def fresh_python(tmp_path_factory, exported):
-    """A new venv with what the Model Zoo CI installs (the metadata's exact pins) and fire: no qddens_monai."""
+    """A new venv with exactly what the Model Zoo CI installs for inference (the metadata's pins): no qddens_monai."""
     meta = json.loads((exported.folder / "configs" / "metadata.json").read_text())
     env_dir = tmp_path_factory.mktemp("venv") / "fresh"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}", f"fire=={installed_version('fire')}"]
-    pins += [f"{k}=={v}" for k, v in meta["required_packages_version"].items()]
+    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}"]
+    pins += [f"{k}=={v}" for k, v in meta["required_packages_version"].items()]  # fire included
     run(["-m", "pip", "install", "-q", "--disable-pip-version-check", *pins], env_dir, python, timeout=900, env=clean_env())
     return python
 
