@@ -104,7 +104,8 @@ def format_like_the_zoo(folder: Union[str, os.PathLike]) -> bool:
     except ImportError:
         return False
     mode = black.Mode(line_length=120, magic_trailing_comma=False)
-    config = isort.Config(profile="black", line_length=120, known_first_party=["models"])
+    # ``scripts`` is third party from the zoo's root (no top-level scripts/ there), whatever the current folder
+    config = isort.Config(profile="black", line_length=120, known_first_party=["models"], known_third_party=["scripts"])
     for file in sorted(Path(folder).rglob("*.py")):
         text = isort.code(file.read_text(), config=config)
         try:
