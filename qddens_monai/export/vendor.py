@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["VENDOR_PACKAGE", "VENDOR_EXCLUDE", "format_like_the_zoo", "vendor_package", "rewrite_names", "rewrite_config"]
+__all__ = [
+    "VENDOR_PACKAGE", "VENDOR_EXCLUDE", "format_like_the_zoo", "vendor_package", "rewrite_names", "rewrite_config"
+]
 
 #: Where the package lives inside an exported bundle: the Model Zoo's ``scripts`` convention
 #: (``python -m monai.bundle run`` puts the bundle folder on ``sys.path``).
