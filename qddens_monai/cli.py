@@ -53,6 +53,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     zoo.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX float / int8 models")
     zoo.add_argument("--dataset-dir", default=None, help="images for int8 calibration and the ONNX Dice check")
     zoo.add_argument("--version", default=None, help="version of the exported bundle (default: the source's)")
+    zoo.add_argument("--weights-url", default=None,
+                     help="write a Model Zoo pull-request folder: files over 1 MB go to OUT/NAME_weights/ (upload "
+                          "them to this base address) and large_files.yml lists them with their url and sha256")
     args = parser.parse_args(argv)
 
     if args.command == "quantization-demo":
@@ -83,10 +86,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             result = export_zoo(args.name, args.out, bundle_dir=args.bundle, checkpoint=args.checkpoint,
-                                student=args.student, onnx=args.onnx, dataset_dir=args.dataset_dir, version=args.version)
+                                student=args.student, onnx=args.onnx, dataset_dir=args.dataset_dir, version=args.version,
+                                weights_url=args.weights_url)
         except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, KeyError) as e:
             parser.exit(2, f"qddens-monai export-zoo: {e}\n")
         print(f"exported {result.folder} and {result.zip_path}")
+        if result.weights is not None:
+            print(f"  upload the files of {result.weights} to {args.weights_url} (listed in large_files.yml)")
         for artifact, size in result.sizes.items():
             print(f"  {artifact}: {size / 1e6:.2f} MB")
         for kind, dice in result.onnx_dice_vs_pytorch.items():

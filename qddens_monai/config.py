@@ -55,7 +55,8 @@ def _int(low: int | None = None, high: int | None = None) -> Callable[[Any, Mapp
 
 def _number(low: float | None = None, low_open: bool = False, high: float | None = None, high_open: bool = False):
     def check(v: Any, _: Mapping) -> str | None:
-        rng = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
+        lo = f"{'(' if low_open else '['}{low if low is not None else '-inf'}"
+        rng = f"{lo}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
             return f"must be a number in {rng}"
         if low is not None and (v < low or (low_open and v == low)) or high is not None and (v > high or (high_open and v == high)):
@@ -76,7 +77,8 @@ def _portions(v: Any, _: Mapping) -> str | None:
 
 def _roi_size(v: Any, settings: Mapping) -> str | None:
     dims = settings.get("spatial_dims")
-    need = f"must be a list of {dims if isinstance(dims, int) else 'spatial_dims'} positive integers, e.g. {[64] * (dims if dims in (2, 3) else 2)}"
+    example = [64] * (dims if dims in (2, 3) else 2)
+    need = f"must be a list of {dims if isinstance(dims, int) else 'spatial_dims'} positive integers, e.g. {example}"
     if not isinstance(v, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in v):
         return need
     if isinstance(dims, int) and len(v) != dims:

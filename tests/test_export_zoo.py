@@ -58,13 +58,13 @@ def exported(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def fresh_python(tmp_path_factory, exported):
-    """A new venv with what the Model Zoo CI installs (the metadata's exact pins) and fire: no qddens_monai."""
+    """A new venv with exactly what the Model Zoo CI installs for inference (the metadata's pins): no qddens_monai."""
     meta = json.loads((exported.folder / "configs" / "metadata.json").read_text())
     env_dir = tmp_path_factory.mktemp("venv") / "fresh"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}", f"fire=={installed_version('fire')}"]
-    pins += [f"{k}=={v}" for k, v in meta["required_packages_version"].items()]
+    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}"]
+    pins += [f"{k}=={v}" for k, v in meta["required_packages_version"].items()]  # fire included
     run(["-m", "pip", "install", "-q", "--disable-pip-version-check", *pins], env_dir, python, timeout=900, env=clean_env())
     return python
 
@@ -102,11 +102,12 @@ def test_layout_zip_and_metadata(exported):
     assert meta["numpy_version"] == installed_version("numpy")
     assert meta["required_packages_version"]["pytorch-ignite"] == installed_version("pytorch-ignite")
     assert "qddens-monai" not in meta["required_packages_version"]
-    assert (folder / "large_files.yml").read_text() == "large_files: []\n"  # every file is under 25 MB
+    assert (folder / "large_files.yml").read_text() == "large_files: []\n"  # no --weights-url: weights kept
 
     readme = (folder / "docs" / "README.md").read_text()
-    for heading in ["## Model overview", "## Data", "## Training", "## Inference", "## Performance",
-                    "## Limitations", "## References"]:
+    for heading in ["### **Authors**", "### **Tags**", "## Model Overview", "## Data", "## Performance",
+                    "## MONAI Bundle Commands", "execute multi-GPU training", "#### TorchScript and TensorRT",
+                    "## System Configuration", "## Limitations", "## Citation Info", "## References"]:
         assert heading in readme
     for artifact in ARTIFACTS:
         size = (folder / "models" / artifact).stat().st_size
@@ -142,7 +143,7 @@ def test_onnx_runtime_float_and_int8_agree_with_pytorch(exported, data_dir):
     # the int8 model through the bundle's own ONNX config, from the exported folder
     infer(exported.folder, ["inference.json", "inference_onnx.json"], sys.executable, None,
           "--dataset_dir", str(data_dir), "--onnx_file", "models/model_int8.onnx")
-    assert len(list((exported.folder / "eval" / "predictions_onnx").glob("*_seg.png"))) == 4
+    assert len(list((exported.folder / "eval" / "predictions_onnx_model_int8").glob("*_seg.png"))) == 4
 
 
 def test_exported_bundle_runs_in_a_fresh_venv_without_qddens_monai(exported, fresh_python, data_dir, tmp_path):

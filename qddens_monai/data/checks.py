@@ -42,7 +42,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 class DataValidationError(ValueError):
     """A datalist with unusable entries; ``problems`` lists ``(file or entry, what is wrong)``."""
 
-    def __init__(self, problems: Sequence[tuple[str, str]], header: str | None = None) -> None:
+    def __init__(self, problems: Sequence[tuple[str, str]], header: str | None = None) -> None:  # noqa: B042
         self.problems = list(problems)
         lines = "\n".join(f"  {where}: {what}" for where, what in self.problems)
         super().__init__(f"{header or f'{len(self.problems)} problem(s) in the data:'}\n{lines}")
@@ -124,7 +124,10 @@ def _check_slice_spacing(slices: Sequence[Any], normal: np.ndarray, tolerance: f
     number = [getattr(s, "InstanceNumber", "?") for s in slices]
     if abs(step) < 1e-6 or np.any(np.abs(gaps) < 1e-6):
         dup = int(np.flatnonzero(np.abs(gaps) < 1e-6)[0]) if np.any(np.abs(gaps) < 1e-6) else 0
-        raise _Problem(f"DICOM slices share a position ({pos[dup]:.3f} mm: InstanceNumber {number[dup]} and {number[dup + 1]}); duplicated or mixed slices")
+        raise _Problem(
+            f"DICOM slices share a position ({pos[dup]:.3f} mm: InstanceNumber {number[dup]} and "
+            f"{number[dup + 1]}); duplicated or mixed slices"
+        )
     bad = np.flatnonzero(np.abs(gaps - step) > tolerance * abs(step))
     if bad.size:
         listed = ", ".join(f"{gaps[i]:.3g} mm between InstanceNumber {number[i]} and {number[i + 1]}" for i in bad[:4])
@@ -198,7 +201,7 @@ def read_header(path: str) -> FileHeader:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         shape = (1, int(ds.Columns), int(ds.Rows)) + ((frames,) if frames > 1 else ())
         return FileHeader(path, "dicom", shape, _dicom_affine([ds]) if frames == 1 else None)
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
@@ -390,7 +393,8 @@ def check_datalist(
                 problems.append((name, f"has {len(shape) - 1} spatial dimensions {shape[1:]}, expected {spatial_dims}{hint}"))
                 image = None
             elif in_channels is not None and shape[0] != in_channels:
-                hint = f" (a {header.extras['ndim']}D NIfTI: its last axis is read as channels)" if header.extras.get("ndim", 0) > 3 else ""
+                ndim = header.extras.get("ndim", 0)
+                hint = f" (a {ndim}D NIfTI: its last axis is read as channels)" if ndim > 3 else ""
                 problems.append((name, f"has {shape[0]} channels, the network expects in_channels={in_channels}{hint}"))
         for key in (label_key, mask_key):
             if not item.get(key):

@@ -81,7 +81,10 @@ def prepare_drive(drive_root: PathLike, out_dir: Optional[PathLike] = None) -> s
         root = root / "DRIVE"
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; expected the DRIVE folder with training/ and test/.")
-    expected = "expected DRIVE/{training,test}/images/NN_{training,test}.tif, .../mask/NN_{split}_mask.gif, .../1st_manual/NN_manual1.gif"
+    expected = (
+        "expected DRIVE/{training,test}/images/NN_{training,test}.tif, .../mask/NN_{split}_mask.gif, "
+        ".../1st_manual/NN_manual1.gif"
+    )
 
     # pass 1: find every file, and every problem
     missing: list[str] = []

@@ -92,11 +92,13 @@ def create_mr_slice_2d(
     # distractors: organ-like intensity, no label
     for _ in range(int(rng.integers(2, 5))):
         c = (rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w)
-        blob = _blob((h, w), c, (rng.uniform(5, 14), rng.uniform(5, 14)), rng) & body & ~ndimage.binary_dilation(organ, iterations=3)
+        blob = _blob((h, w), c, (rng.uniform(5, 14), rng.uniform(5, 14)), rng)
+        blob = blob & body & ~ndimage.binary_dilation(organ, iterations=3)
         image = np.where(blob, image + contrast * rng.uniform(0.6, 1.0), image)
     image = ndimage.gaussian_filter(image, 0.8)  # partial volume
     yy, xx = np.mgrid[:h, :w] / max(h, w)
-    bias = 1.0 + (0.1 + 0.4 * d) * np.cos(2 * np.pi * (rng.uniform(0.3, 0.8) * yy + rng.uniform(0.3, 0.8) * xx) + rng.uniform(0, 6.3))
+    phase = 2 * np.pi * (rng.uniform(0.3, 0.8) * yy + rng.uniform(0.3, 0.8) * xx)
+    bias = 1.0 + (0.1 + 0.4 * d) * np.cos(phase + rng.uniform(0, 6.3))
     sigma = 0.03 + 0.09 * d
     image = np.hypot(image * bias + rng.normal(0, sigma, (h, w)), rng.normal(0, sigma, (h, w)))  # Rician
     label = organ.astype(np.uint8)

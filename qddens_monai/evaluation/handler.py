@@ -177,7 +177,7 @@ class EnsembleMetrics(Metric):
         disagreement: bool = True,
         mask_key: Optional[str] = "mask",
         require_mask: bool = False,
-        output_transform: Callable = from_engine([Keys.PRED, Keys.LABEL]),
+        output_transform: Callable = from_engine([Keys.PRED, Keys.LABEL]),  # noqa: B008 (ignite's convention)
         metric_name: str = "ensemble_mean_dice",
         key_column: str = "ensemble/dice",
         publish_all: bool = False,
@@ -337,7 +337,7 @@ class EnsembleMetrics(Metric):
                 if col != name:  # never shadow the key value
                     engine.state.metrics[col] = stats["mean"]
 
-    def attach(self, engine: Engine, name: Optional[str] = None, usage: Union[str, MetricUsage] = EpochWise()) -> None:
+    def attach(self, engine: Engine, name: Optional[str] = None, usage: Union[str, MetricUsage] = EpochWise.usage_name) -> None:
         """Attach as a metric (``name`` defaults to ``metric_name``) and write the files at ``COMPLETED``."""
         super().attach(engine, name or self.metric_name, usage)
         if self.output_dir is not None and not engine.has_event_handler(self.write, Events.COMPLETED):

@@ -71,12 +71,16 @@ def build_metadata(
     version: Optional[str] = None,
     packages: tuple[str, ...] = ("nibabel", "pillow", "pytorch-ignite"),
     overrides: Optional[Mapping[str, Any]] = None,
+    optional_packages: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The metadata of an exported bundle, from the source bundle's ``base`` metadata.
 
     The versions of MONAI, PyTorch, NumPy and of ``packages`` are the ones installed now (the
     export is built and checked with them); ``qddens-monai`` is no longer a requirement since the
-    code ships inside the bundle. A changelog entry ``change`` is added for ``version``
+    code ships inside the bundle. ``optional_packages`` (what only some configs need) go to
+    ``extra_packages_version``: not ``optional_packages_version``, which MONAI's config parser treats as a
+    deprecated name of ``required_packages_version`` and renames, replacing the required list.
+    A changelog entry ``change`` is added for ``version``
     (default: the base version).
 
     Raises:
@@ -89,7 +93,12 @@ def build_metadata(
     meta["monai_version"] = installed_version("monai")
     meta["pytorch_version"] = installed_version("torch")
     meta["numpy_version"] = installed_version("numpy")
-    meta["required_packages_version"] = {p: installed_version(p) for p in packages}
+    meta["required_packages_version"] = {p: installed_version(p) for p in sorted(packages)}
+    optional = sorted(set(optional_packages) - set(packages))
+    if optional:
+        meta["extra_packages_version"] = {p: installed_version(p) for p in optional}
+    else:
+        meta.pop("extra_packages_version", None)
     meta.update(copy.deepcopy(dict(overrides or {})))
     check_metadata(meta)
     return meta

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["VENDOR_PACKAGE", "VENDOR_EXCLUDE", "vendor_package", "rewrite_names", "rewrite_config"]
+__all__ = [
+    "VENDOR_PACKAGE", "VENDOR_EXCLUDE", "format_like_the_zoo", "vendor_package", "rewrite_names", "rewrite_config"
+]
 
 #: Where the package lives inside an exported bundle: the Model Zoo's ``scripts`` convention
 #: (``python -m monai.bundle run`` puts the bundle folder on ``sys.path``).
@@ -17,7 +19,8 @@ VENDOR_PACKAGE = "scripts.qddens_monai"
 #: Package files (or folders, ending in ``/``) an exported bundle does not need: the command line,
 #: the demo command, the MONAI Label app (it has its own extra) and the exporter itself (the
 #: vendored ``export`` package keeps only the ONNX Runtime wrapper).
-VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/vendor.py",
+VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/zoo_ci.py", "export/vendor.py",
+                  "export/readme.py", "export/weights.py", "export/dependencies.py",
                   "export/metadata.py")
 
 _NAME = re.compile(r"(?<![\w.])qddens_monai\b")
@@ -84,4 +87,32 @@ def vendor_package(bundle_dir: Union[str, os.PathLike], exclude: Sequence[str] =
             out.write_text(_EXPORT_INIT.format(package=VENDOR_PACKAGE))
         else:
             out.write_text(rewrite_names(file.read_text()))
+    format_like_the_zoo(scripts)
     return target
+
+
+def format_like_the_zoo(folder: Union[str, os.PathLike]) -> bool:
+    """Format the ``.py`` files under ``folder`` as the Model Zoo's style checks want them; False if unavailable.
+
+    isort (profile black, line length 120), then black (line length 120, ``--skip-magic-trailing-comma``),
+    then one newline at the end (pre-commit's ``end-of-file-fixer``): the zoo's ``setup.cfg`` and
+    ``.pre-commit-config.yaml`` settings. Renaming ``qddens_monai`` to ``scripts.qddens_monai`` moves
+    imports between isort's sections, so the vendored copy is formatted after the rewrite. Needs
+    ``black`` and ``isort`` (the ``test`` extra); without them the copy is left as written.
+    """
+    try:
+        import black
+        import isort
+    except ImportError:
+        return False
+    mode = black.Mode(line_length=120, magic_trailing_comma=False)
+    # ``scripts`` is third party from the zoo's root (no top-level scripts/ there), whatever the current folder
+    config = isort.Config(profile="black", line_length=120, known_first_party=["models"], known_third_party=["scripts"])
+    for file in sorted(Path(folder).rglob("*.py")):
+        text = isort.code(file.read_text(), config=config)
+        try:
+            text = black.format_file_contents(text, fast=False, mode=mode)
+        except black.NothingChanged:
+            pass
+        file.write_text(text.rstrip("\n") + "\n")
+    return True

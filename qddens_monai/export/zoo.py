@@ -9,7 +9,6 @@ temporary folder inside ``out`` and renamed into place only when complete and ve
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -30,9 +29,12 @@ from torch import nn
 
 from qddens_monai.config import REPOSITORY
 from qddens_monai.config import bundle_dir as repository_bundle_dir
+from qddens_monai.export.dependencies import bundle_dependencies
 from qddens_monai.export.metadata import build_metadata
 from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
+from qddens_monai.export.readme import zoo_readme
 from qddens_monai.export.vendor import rewrite_config, vendor_package
+from qddens_monai.export.weights import LARGE_FILE_BYTES, check_weights_url, large_files, split_weights
 from qddens_monai.networks.distillation import load_checkpoint
 from qddens_monai.quantization import (
     freeze,
@@ -56,8 +58,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 #: Model Zoo bundle names: words joined by underscores, e.g. ``retinal_vessel_fundus_segmentation``.
 ZOO_NAME = re.compile(r"^[a-z][a-zA-Z0-9]*(_[a-zA-Z0-9]+){2,}$")
-#: The Model Zoo keeps files above this size out of git; they are listed in ``large_files.yml``.
-LARGE_FILE_BYTES = 25 * 1024 * 1024
 _FIGURES = ("training_curves.png", "overlay.png")
 
 
@@ -69,6 +69,10 @@ class ExportResult:
     zip_path: Path
     sizes: dict[str, int] = field(default_factory=dict)
     onnx_dice_vs_pytorch: dict[str, float] = field(default_factory=dict)
+    #: with ``weights_url``: the folder of weight files to upload (they are listed in ``large_files.yml``).
+    weights: Optional[Path] = None
+    #: the ``large_files.yml`` entries (``path``, ``url``, ``hash_val``, ``hash_type``).
+    large_files: list = field(default_factory=list)
 
 
 def check_zoo_name(name: str) -> str:
@@ -161,22 +165,6 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=4) + "\n")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _large_files_yml(folder: Path) -> str:
-    lines = []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > LARGE_FILE_BYTES):
-        rel = f.relative_to(folder).as_posix()
-        lines += [f'  - path: "{rel}"', '    url: ""', f'    hash_val: "{_sha256(f)}"', '    hash_type: "sha256"']
-    return "large_files:\n" + "\n".join(lines) + "\n" if lines else "large_files: []\n"
-
-
 def _verify_net_in_out(folder: Path, timeout: float) -> None:
     # Run from the exported folder with the vendored code only: the same check the Model Zoo CI does.
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
@@ -198,6 +186,7 @@ def export_zoo(
     calibration_images: int = 2,
     calibration_patches: int = 4,
     verify_timeout: float = 600.0,
+    weights_url: Optional[str] = None,
 ) -> ExportResult:
     """Export ``bundle_dir``'s trained model as the Model Zoo bundle ``out/name`` and ``out/name.zip``.
 
@@ -222,9 +211,13 @@ def export_zoo(
         calibration_images: images read for calibration and the Dice check.
         calibration_patches: random ROI patches per image for calibration.
         verify_timeout: seconds allowed for ``verify_net_in_out``.
+        weights_url: write a Model Zoo pull-request folder: files over 1 MB (the zoo's pre-commit limit)
+            move to ``out/name_weights/`` (to upload to this base address) and ``large_files.yml``
+            lists them (``url`` = ``weights_url/<file name>``, sha256). Default: keep them in the folder
+            (a bundle to run locally; ``large_files.yml`` is empty). The zip always holds everything.
 
     Raises:
-        ValueError: invalid name.
+        ValueError: invalid name, or an empty / non-http ``weights_url``.
         FileExistsError: ``out/name`` or ``out/name.zip`` exists (nothing is overwritten).
         FileNotFoundError: missing bundle or checkpoint.
         RuntimeError: checkpoint not matching ``network_def`` or not fully quantized; a failed check.
@@ -232,8 +225,10 @@ def export_zoo(
     check_zoo_name(name)
     bundle_dir = Path(bundle_dir).resolve() if bundle_dir is not None else repository_bundle_dir()
     out = Path(out).resolve()
-    folder, zip_path = out / name, out / f"{name}.zip"
-    for existing in (folder, zip_path):
+    folder, zip_path, weights = out / name, out / f"{name}.zip", out / f"{name}_weights"
+    if weights_url is not None:
+        weights_url = check_weights_url(weights_url)
+    for existing in (folder, zip_path) + ((weights,) if weights_url is not None else ()):
         if existing.exists():
             raise FileExistsError(f"{existing} already exists; choose another --out or remove it first.")
     checkpoint = Path(checkpoint) if checkpoint else bundle_dir / "models" / ("student.pt" if student else "model.pt")
@@ -250,14 +245,27 @@ def export_zoo(
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{name}.tmp{os.getpid()}"
     tmp_zip = out / f".{name}.zip.tmp{os.getpid()}"
+    tmp_weights = out / f".{name}_weights.tmp{os.getpid()}"
     try:
         result = _build(name, tmp, bundle_dir, network, parser, student, quantized, onnx, version,
                         calibration_images, calibration_patches, verify_timeout)
         _write_zip(tmp, tmp_zip, name)
+        if weights_url is not None:
+            result.large_files = split_weights(tmp, tmp_weights, weights_url)
+            too_large = large_files(tmp)
+            if too_large:  # split_weights moved every one of them; guard the pull request's 1 MB limit anyway
+                raise RuntimeError(f"files over {LARGE_FILE_BYTES} bytes left in the pull-request folder: {too_large}")
+            os.replace(tmp_weights, weights)
+            result.weights = weights
         os.replace(tmp, folder)
         os.replace(tmp_zip, zip_path)
+    except BaseException:
+        if weights_url is not None and not folder.exists():  # the weights were placed, the folder not
+            shutil.rmtree(weights, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp_weights, ignore_errors=True)
         tmp_zip.unlink(missing_ok=True)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed export into a new folder leaves no empty folder either
@@ -327,7 +335,11 @@ def _build(
         )
     artifacts = ["TorchScript"] + (["packed low-bit"] if quantized else []) + (["ONNX float / int8"] if onnx else [])
     change = f"Model Zoo export of the {what} with {', '.join(artifacts)} artifacts; code vendored in scripts/"
-    meta = build_metadata(meta_base, change, version, overrides=overrides)
+    deps = bundle_dependencies(tmp)  # what each written config imports, through the vendored code
+    required = deps["inference.json"]
+    optional = set().union(*deps.values()) - required  # -> metadata "extra_packages_version"
+    meta = build_metadata(meta_base, change, version, packages=tuple(required), overrides=overrides,
+                          optional_packages=tuple(optional))
     _write_json(configs / "metadata.json", meta)
 
     with torch.no_grad():
@@ -359,108 +371,7 @@ def _build(
     for f in figures:
         shutil.copy2(REPOSITORY / "docs" / "images" / f, docs / f)
     result.sizes = {p.name: p.stat().st_size for p in sorted(models.iterdir())}
-    (docs / "README.md").write_text(_readme(name, meta, student, quantized, result, figures))
-    (tmp / "large_files.yml").write_text(_large_files_yml(tmp))
+    (docs / "README.md").write_text(zoo_readme(name, meta, student, quantized, result, figures))
+    (tmp / "large_files.yml").write_text("large_files: []\n")  # split_weights lists the weights, if asked
     _verify_net_in_out(tmp, verify_timeout)
     return result
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
-def _readme(name: str, meta: dict, student: bool, quantized: bool, result: ExportResult, figures: list[str]) -> str:
-    sizes, dice = result.sizes, result.onnx_dice_vs_pytorch
-    fmt_in = meta["network_data_format"]["inputs"]["image"]
-    fmt_out = meta["network_data_format"]["outputs"]["pred"]
-    artifacts = {
-        "model.pt": "state dict for `network_def` (PyTorch); quantized weights keep their quantization state",
-        "model.ts": "TorchScript of the frozen network (traced at the ROI size)",
-        "model_packed.bin": "quantized weights at their bit widths, entropy coded; `configs/inference_packed.json`",
-        "model.onnx": "ONNX of the frozen network, float32; `configs/inference_onnx.json`",
-        "model_int8.onnx": "ONNX Runtime static int8 (QDQ, per channel); `configs/inference_onnx.json` "
-        "with `--onnx_file models/model_int8.onnx`",
-    }
-    rows = "\n".join(f"| `models/{k}` | {_mb(sizes[k])} | {v} |" for k, v in artifacts.items() if k in sizes)
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in meta.get("eval_metrics", {}).items())
-    agreement = "".join(f"\n- {k.replace('_', ' ')}: Dice {v:.4f} against the PyTorch model's mask" for k, v in dice.items())
-    figs = "".join(f"\n![{f[:-4].replace('_', ' ')}]({f})" for f in figures)
-    refs = "\n".join(f"- {r}" for r in meta.get("references", []))
-    train = (
-        "The student is distilled from the ensemble with the source bundle's `configs/distill.json`; this "
-        "export carries its inference only."
-        if student
-        else "```bash\npython -m monai.bundle run training --config_file configs/train.json\n"
-        "python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json']\"\n```"
-    )
-    packed = (
-        "\n# start from the packed low-bit weights instead of model.pt\n"
-        "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_packed.json']\""
-        if quantized else ""
-    )
-    onnx = (
-        "\n# ONNX Runtime on the CPU, float or int8\n"
-        "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_onnx.json']\"\n"
-        "python -m monai.bundle run --config_file \"['configs/inference.json','configs/inference_onnx.json']\" "
-        "--onnx_file models/model_int8.onnx"
-        if dice else ""
-    )
-    return f"""# {name}
-
-{meta.get('name', name)}, version {meta['version']}.
-
-## Model overview
-
-{meta['description']}
-
-## Data
-
-{meta.get('data_source', '')}. Input `image`: {fmt_in['num_channels']} channels ({meta.get('image_classes', '')}),
-patches of {fmt_in['spatial_shape']} through a sliding window. Output `pred`: {fmt_out['num_channels']} channels
-({meta.get('pred_classes', '')}). Data license: `docs/data_license.txt`.
-
-## Training
-
-{train}
-
-## Inference
-
-Run from this folder; only MONAI, PyTorch, pytorch-ignite, nibabel, pillow and fire are needed
-(the code is in `scripts/`; `onnxruntime` for the ONNX configs).
-
-```bash
-python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/images{packed}{onnx}
-```
-
-In Python (with this folder on `sys.path`, as for any bundle with `scripts/`):
-`monai.bundle.load(name="{name}", bundle_dir="..", workflow_type="inference")`.
-
-## Deployment artifacts
-
-| file | size | what |
-|---|---|---|
-{rows}
-{agreement}
-
-## Performance
-
-| metric | value |
-|---|---|
-{metrics}
-{figs}
-
-## Limitations
-
-- Trained on generated demo images only; not validated on patient data; research use only.
-- `model.ts` and the ONNX models are traced at the ROI size {fmt_in['spatial_shape']}: run them through the
-  sliding window (the configs do).
-- ONNX Runtime int8 is calibrated on a few patches; check it on your data before relying on it.
-
-## References
-
-{refs}
-
-## License
-
-Code: Apache-2.0 (`LICENSE`). Data: `docs/data_license.txt`.
-"""

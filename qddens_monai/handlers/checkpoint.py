@@ -77,7 +77,10 @@ def _check_loadable(path: Path, keys: Sequence[str]) -> str | None:
         return f"holds a {type(content).__name__}, not a checkpoint dict"
     missing = [k for k in keys if k not in content]
     if missing:
-        return f"is not a resumable training checkpoint: no {missing} (it has {sorted(content)[:8]}); use a checkpoint from eval/checkpoints"
+        return (
+            f"is not a resumable training checkpoint: no {missing} (it has {sorted(content)[:8]}); "
+            "use a checkpoint from eval/checkpoints"
+        )
     return None
 
 
@@ -102,7 +105,9 @@ def find_checkpoint(resume_from: str, checkpoint_dir: str, keys: Sequence[str] =
     if resume_from != "latest":
         path = Path(resume_from)
         if not path.is_file():
-            raise FileNotFoundError(f"resume_from {path}: no such checkpoint file (use 'latest' for the newest in {checkpoint_dir}).")
+            raise FileNotFoundError(
+                f"resume_from {path}: no such checkpoint file (use 'latest' for the newest in {checkpoint_dir})."
+            )
         problem = _check_loadable(path, keys)
         if problem:
             raise ValueError(f"resume_from {path}: {problem}.")

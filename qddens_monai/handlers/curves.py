@@ -18,6 +18,10 @@ from torch import nn
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from qddens_monai.handlers.drawing import CurvePanel, draw_training_curves
+from qddens_monai.handlers.figures import atomic_write, is_main_process, save_figure, to_float
+from qddens_monai.quantization import quantization_progress
+
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -27,9 +31,6 @@ else:
         "ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator"
     )
 
-from qddens_monai.handlers.drawing import CurvePanel, draw_training_curves
-from qddens_monai.handlers.figures import atomic_write, is_main_process, save_figure, to_float
-from qddens_monai.quantization import quantization_progress
 
 __all__ = ["TrainingCurvesHandler", "default_loss_transform"]
 

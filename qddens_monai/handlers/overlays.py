@@ -19,6 +19,11 @@ from torch import nn
 
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from qddens_monai.ensemble import DISAGREEMENT_MEASURES, learner_disagreement, max_disagreement, unwrap_network
+from qddens_monai.evaluation.inferer import LearnerProbabilities, split_learners
+from qddens_monai.handlers.drawing import OverlayPanels, draw_overlay
+from qddens_monai.handlers.figures import is_main_process, save_figure
+
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -27,10 +32,6 @@ else:
         "ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine", as_type="decorator"
     )
 
-from qddens_monai.ensemble import DISAGREEMENT_MEASURES, learner_disagreement, max_disagreement, unwrap_network
-from qddens_monai.evaluation.inferer import LearnerProbabilities, split_learners
-from qddens_monai.handlers.drawing import OverlayPanels, draw_overlay
-from qddens_monai.handlers.figures import is_main_process, save_figure
 
 __all__ = ["OverlayHandler"]
 

@@ -177,4 +177,3 @@ class EnsembleDistillationLoss(LossWithParts):
         total = self.alpha * seg + (1.0 - self.alpha) * kd
         self.last_parts = {"seg": seg.detach(), "kd": kd.detach(), "total": total.detach()}
         return total
-

@@ -68,8 +68,8 @@ class DeepDiversityLoss(_Loss):
     - ``"ncl"``: negative-correlation-learning ambiguity per voxel: the learners' spread around their mean
       ``sum_k ||f_k - f_mean||^2`` as a fraction of their energy ``sum_k ||f_k||^2`` (norms over channels at one
       voxel), averaged over batch and voxels; in ``[0, 1]`` (``0`` = identical, ``1`` for features cancelling
-      out, at most ``1 - 1/K`` for non-negative features, reached where one learner alone is active). Equals ``(1/K) sum_{i<j} ||f_i - f_j||^2`` over
-      the energy, so it is also a pairwise measure.
+      out, at most ``1 - 1/K`` for non-negative features, reached where one learner alone is active).
+      Equals ``(1/K) sum_{i<j} ||f_i - f_j||^2`` over the energy, so it is also a pairwise measure.
 
     Learners whose channel counts differ at a level (heterogeneous ensembles) cannot be compared element-wise;
     with ``channel_reduction="auto"`` all learners' maps at that level are then replaced by their channel-mean

@@ -163,4 +163,3 @@ class EnsembleLoss(LossWithParts):
         parts["total"] = total.detach()
         self.last_parts = parts
         return total
-

@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 
-
 class FeatureLevel(NamedTuple):
     """One feature level: the dotted submodule path whose output is the feature map, and its role."""
 

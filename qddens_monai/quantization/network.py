@@ -138,7 +138,7 @@ def quantization_step(net: nn.Module) -> int:
     choice depends only on the weights, the tensor's seed and the step, so the same step
     after a resume freezes the same weights.
     """
-    for name, layer, q in quantized_layers(net):
+    for _name, layer, q in quantized_layers(net):
         if isinstance(q, IncrementalQuantization):
             q.advance(layer.parametrizations["weight"].original)
     return quantization_progress(net)[0]

@@ -51,6 +51,7 @@ def _lzma_filters(raw_bytes: int) -> list[dict]:
     # allocating 64 MiB per tensor (which made packing an ensemble take about a minute).
     return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": max(4096, raw_bytes)}]
 
+
 PathLike = Union[str, os.PathLike]
 
 

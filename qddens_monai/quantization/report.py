@@ -128,7 +128,8 @@ def write_quantization_report(net: nn.Module, output_dir: Union[str, os.PathLike
     report = quantization_report(net)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("quantization_report.txt", str(report) + "\n"), ("quantization_report.json", json.dumps(report.to_dict(), indent=2))):
+    files = (("quantization_report.txt", str(report) + "\n"), ("quantization_report.json", json.dumps(report.to_dict(), indent=2)))
+    for name, text in files:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)
