@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 
-from qddens_monai.data import ensure_demo_data
+from qddens_monai.data import MAX_ROI_SIZE, ensure_demo_data
 from qddens_monai.export import OnnxRuntimeNetwork, check_metadata, export_zoo, load_bundle_network
 from qddens_monai.export.metadata import installed_version
 from qddens_monai.quantization import freeze, load_packed_network
@@ -135,7 +135,8 @@ def test_onnx_runtime_float_and_int8_agree_with_pytorch(exported, data_dir):
     assert exported.onnx_dice_vs_pytorch["onnxruntime_float"] > 0.999
     assert exported.onnx_dice_vs_pytorch["onnxruntime_int8"] > 0.9
     net, _ = load_bundle_network(BUNDLE, BUNDLE / "models" / "model.pt")
-    x = torch.rand(3, 3, 64, 64)  # another batch size than the export's example: the batch axis is dynamic
+    # another batch size than the export's example (the batch axis is dynamic), at the inference roi (fixed)
+    x = torch.rand(3, 3, *[MAX_ROI_SIZE[2]] * 2)
     with torch.no_grad():
         expected = freeze(net).eval()(x)
     torch.testing.assert_close(OnnxRuntimeNetwork(exported.folder / "models" / "model.onnx")(x), expected,
