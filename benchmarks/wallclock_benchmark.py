@@ -352,7 +352,8 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
         "# Results: the bundle's defaults against a plain MONAI UNet at the same CPU time",
         "",
         "Reproduce: `python benchmarks/wallclock_benchmark.py` (resumable; `--report` rewrites this page from "
-        "`runs/wallclock/wallclock.json`). " + f"Machine: {result['machine']}; last invocation {result['wall_s'] / 60:.0f} min.",
+        "`runs/wallclock/wallclock.json`). " + f"Machine: {result['machine']}"
+        + (f"; last invocation {result['wall_s'] / 60:.0f} min." if np.isfinite(result.get("wall_s", np.nan)) else "."),
         "",
         f"Schedule of every bundle variant: `--epochs {result['schedule']['epochs']} --epochQ {result['schedule']['epochQ']}` "
         f"({result['schedule']['epochs'] + 4 * result['schedule']['epochQ']} epochs, the external check's budget). The plain UNet "
@@ -371,14 +372,17 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
             if not st:
                 continue
             n = sum(1 for j in jobs if j["task"] == task and v in j["variants"])
-            fmt = lambda k, f="{:.3f}": (f.format(st[k]["mean"]) + " ± " + f.format(st[k]["sd"])) if k in st else "–"  # noqa: E731
+            fmt = lambda k, f="{:.3f}": (f.format(st[k]["mean"]) + (" ± " + f.format(st[k]["sd"]) if n > 1 else "")  # noqa: E731
+                                         if k in st else "–")
             per_class = [k for k in st if k.startswith("dice_")]
             dice = fmt("dice") + (" (" + ", ".join(f"{k[5:]}: {st[k]['mean']:.3f}" for k in per_class) + ")" if per_class else "")
+            params = f"{st['params']['mean']:,.0f}" if "params" in st else "–"
             lines.append(f"| {LABELS[v]} | {dice} | {fmt('hd95', '{:.1f}')} | {fmt('cpu_s', '{:.0f}')} | "
-                         f"{fmt('epochs', '{:.0f}')} | {st.get('params', {}).get('mean', float('nan')):,.0f} | {n} |")  # fmt: skip
+                         f"{fmt('epochs', '{:.0f}')} | {params} | {n} |")  # fmt: skip
         lines += ["", "| paired difference (Dice) | mean ± sd | seeds |", "|---|---|---|"]
         for k, d in s["paired"].items():
-            lines.append(f"| {k} | {d['mean']:+.3f}" + (f" ± {d['sd']:.3f} | {d.get('n', '')} |" if "sd" in d else " | |"))
+            sd = f" ± {d['sd']:.3f}" if d.get("n", 0) > 1 else ""
+            lines.append(f"| {k} | {d['mean']:+.3f}{sd} | {d.get('n', '')} |")
         lines.append("")
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
     for ax, (task, s) in zip(axes[0], summary.items()):
