@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the real bundle runner, in subprocesses
 
 
 def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
