@@ -24,6 +24,8 @@ from typing import Any, Optional, Union
 
 import pytest
 
+from qddens_monai.label.server import LoggedProcess
+
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 
 
@@ -58,7 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class OrthancProcess:
+class OrthancProcess(LoggedProcess):
     """Orthanc on a free port of 127.0.0.1 with its DICOMweb plugin, storage under ``folder``.
 
     Args:
@@ -120,26 +122,3 @@ class OrthancProcess:
                 answers.append(json.loads(r.read()))
         return answers
 
-    def tail(self, chars: int = 4000) -> str:
-        """The end of Orthanc's log."""
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Terminate Orthanc (kill it after ``timeout`` s) and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-        if not self._log.closed:
-            self._log.close()
-
-    def __enter__(self) -> "OrthancProcess":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

@@ -17,6 +17,7 @@ from qddens_monai.label.compat import import_monailabel
 
 __all__ = [
     "MODEL_NAME",
+    "LoggedProcess",
     "LabelServerProcess",
     "default_app_dir",
     "parse_overrides",
@@ -176,7 +177,42 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-class LabelServerProcess:
+class LoggedProcess:
+    """A subprocess (``self.proc``) writing into ``self.log_path`` (open as ``self._log``): the end of its log,
+    and ``stop`` (terminate, kill after a timeout), also as a context manager. Subclasses start the process."""
+
+    proc: Any
+    log_path: Path
+    _log: Any
+
+    def tail(self, chars: int = 5000) -> str:
+        """The end of the process's log."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the process (kill it after ``timeout`` s) and wait for it."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> "LoggedProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class LabelServerProcess(LoggedProcess):
     """``python -m qddens_monai label-server ...`` in a subprocess on 127.0.0.1, for scripts and tests.
 
     Starts the server, waits (bounded) until ``/info/`` answers, and stops it (``stop`` or ``with``).
@@ -236,28 +272,3 @@ class LabelServerProcess:
                 raise TimeoutError(f"label server did not answer within {timeout} s:\n{self.tail()}")
             time.sleep(1)
 
-    def tail(self, chars: int = 5000) -> str:
-        """The end of the server's log."""
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text()[-chars:]
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Terminate the server (kill it after ``timeout`` s) and wait for it."""
-        import subprocess
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-        if not self._log.closed:
-            self._log.close()
-
-    def __enter__(self) -> "LabelServerProcess":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
