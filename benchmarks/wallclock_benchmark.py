@@ -22,6 +22,7 @@ Variants:
 - ``default``: the bundle as shipped;
 - ``fused_float``: the default without quantization and without the diversity loss (``--quantization float
   --alpha 0``): what the fusion alone gives;
+- ``lr_5e-3``: the default at the learning rate of the earlier defaults;
 - ``old_default``: the defaults before this benchmark (4 CE-Net learners 8..64, ensemble mean, 64^2 / 48^3
   crops);
 - ``unet_same_time``: the plain UNet at the default's CPU time (and ``unet_same_epochs`` from the same run).
@@ -65,7 +66,9 @@ TASKS: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
     "fused_float": {"quantization": "float", "alpha": 0.0},
+    "lr_5e-3": {"learning_rate": 0.005},
     "old_default": {
+        "learning_rate": 0.005,
         "network_def#backbone": "cenet",
         "network_def#backbone_kwargs": {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},
         "network_def#output": "mean",
@@ -320,7 +323,7 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                         for k in keys}  # fmt: skip
         diffs = {f"{a} - {b}": paired(tj, task, a, b) for a, b in (
             ("default", "unet_same_time"), ("default", "unet_same_epochs"), ("default", "old_default"),
-            ("default", "fused_float"), ("fused_float", "unet_same_time"))}  # fmt: skip
+            ("default", "fused_float"), ("default", "lr_5e-3"), ("fused_float", "unet_same_time"))}  # fmt: skip
         meta_mean = [j["variants"]["default"]["dice"] - j["variants"]["default"]["mean_dice"] for j in tj
                      if "mean_dice" in j["variants"].get("default", {})]  # fmt: skip
         if meta_mean:
@@ -331,8 +334,9 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
 
 
 LABELS = {
-    "default": "bundle default (4 UNet learners, meta output, quantized)",
+    "default": "bundle default (4 UNet learners, meta output, quantized, lr 2e-3)",
     "fused_float": "default without quantization and diversity loss",
+    "lr_5e-3": "default at lr 5e-3",
     "old_default": "old default (4 CE-Net learners, mean, small crops)",
     "unet_same_time": "plain MONAI UNet, same CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
@@ -431,7 +435,7 @@ def main() -> None:
         shutil.copytree(REPO / "bundle" / "configs", out / "bundle" / "configs")
     tasks, seeds = (["mr2d"], [0]) if args.quick else (args.tasks, args.seeds)
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
-    phases = [["default", "unet_same_time"], ["fused_float"], ["old_default"]]
+    phases = [["default", "unet_same_time"], ["fused_float"], ["lr_5e-3"], ["old_default"]]
     jobs_args = [(t, s, phase) for phase in phases for s in seeds for t in tasks]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
