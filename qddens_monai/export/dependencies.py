@@ -20,7 +20,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Union
 
-from qddens_monai.export.imports import config_references, defining_module, module_closure, module_imports
+from qddens_monai.export.imports import (
+    config_references,
+    defining_module,
+    definition_imports,
+    module_closure,
+    module_file,
+    module_imports,
+)
 
 __all__ = ["BASE", "OVERLAYS", "MONAI_EXTRAS", "config_dependencies", "bundle_dependencies"]
 
@@ -67,10 +74,12 @@ def config_dependencies(config: dict, scripts_root: Path) -> tuple[set[str], set
     required = {p for pattern, pkgs in MONAI_EXTRAS.items() if re.search(pattern, text) for p in pkgs}
     references = config_references(config, package)
     start = set(references)
-    for ref in references:  # what the config calls: the in-function imports of its defining module are needed too
+    for ref in references:  # what the config calls: the imports inside that function / class are needed too
+        module, _ = module_file(scripts_root, package, ref)
+        attr = ref[len(module) + 1 :].split(".")[0] if module is not None and ref != module else ""
         name, file = defining_module(scripts_root, package, ref)
-        if name is not None:
-            calls = module_imports(file, name)[1]
+        if name is not None and attr:
+            calls = definition_imports(file, name, attr)
             external |= {n.split(".")[0] for n in calls if not n.startswith(package)}
             start |= {n for n in calls if n.startswith(package)}
     lazy: set[str] = set()

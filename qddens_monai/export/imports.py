@@ -22,6 +22,7 @@ __all__ = [
     "lazy_table",
     "defining_module",
     "module_imports",
+    "definition_imports",
     "config_references",
     "module_closure",
 ]
@@ -108,6 +109,32 @@ def module_imports(file: Path, module: str) -> tuple[set[str], set[str]]:
 
     visit(_parse(file), False)
     return hard, lazy
+
+
+def definition_imports(file: Path, module: str, name: str) -> set[str]:
+    """Absolute module names imported inside the top-level function or class ``name`` of ``file``, and inside the
+    top-level functions and classes of the same module it names (transitively): what calling it may import."""
+    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+    definitions = {
+        node.name: node
+        for node in _parse(file).body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
+    found: set[str] = set()
+    todo, seen = [name], set()
+    while todo:
+        node = definitions.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        for child in ast.walk(node):
+            if isinstance(child, ast.Import):
+                found |= {a.name for a in child.names}
+            elif isinstance(child, ast.ImportFrom):
+                found.add(resolve("." * child.level + (child.module or ""), package) if child.level else child.module)
+            elif isinstance(child, ast.Name) and child.id in definitions:
+                todo.append(child.id)
+    return found
 
 
 def config_references(config: object, package: str) -> set[str]:

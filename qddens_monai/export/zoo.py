@@ -337,7 +337,8 @@ def _build(
     artifacts = ["TorchScript"] + (["packed low-bit"] if quantized else []) + (["ONNX float / int8"] if onnx else [])
     change = f"Model Zoo export of the {what} with {', '.join(artifacts)} artifacts; code vendored in scripts/"
     deps = bundle_dependencies(tmp)  # what each written config imports, through the vendored code
-    required = deps["inference.json"]
+    # the workflows the zoo's CI creates and its unit tests run (inference, train, evaluate) need theirs installed
+    required = set().union(*(deps.get(c, set()) for c in ("inference.json", "train.json", "evaluate.json")))
     optional = set().union(*deps.values()) - required  # -> metadata "extra_packages_version"
     meta = build_metadata(meta_base, change, version, packages=tuple(required), overrides=overrides,
                           optional_packages=tuple(optional))

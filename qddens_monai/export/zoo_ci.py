@@ -270,6 +270,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--models-path", help="verify an already assembled models/ folder instead (with --name)")
     parser.add_argument("--name", help="the bundle name under --models-path")
     parser.add_argument("--style", action="store_true", help="also run the zoo's flake8 / black / isort / pre-commit")
+    parser.add_argument("--properties-only", action="store_true",
+                        help="only create the train and inference workflows and check their properties")
     args = parser.parse_args(argv)
     if args.models_path:
         models_path, name = Path(args.models_path), args.name
@@ -278,6 +280,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         root = Path(args.root or tempfile.mkdtemp(prefix="zoo_"))
         models_path, name = assemble_zoo_tree(args.bundle, root, args.weights).parent, Path(args.bundle).name
+    if args.properties_only:  # needs MONAI and the bundle's packages only (full mode also needs PyYAML, jsonschema)
+        sys.path.insert(0, str(models_path / name))  # as verify_full: the configs import scripts/
+        missing = check_workflow_properties(models_path / name)
+        if any(missing.values()):
+            print(f"check properties for workflow failed: {missing}", file=sys.stderr)
+            return 1
+        print("passed: check_properties (train, inference)")
+        return 0
     if args.style:  # pre-commit runs on the pull request as submitted, before the CI writes into the folder
         findings = check_style(models_path, name)
         if findings:
