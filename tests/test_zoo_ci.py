@@ -77,13 +77,13 @@ def test_scripted_checkpoint_equals_eager(full_mode):
     try:
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
+        shape = (1, int(parser.get_parsed_content("in_channels")), *parser.get_parsed_content("roi_size"))
     finally:  # the vendored package must not stay imported as 'scripts' for other tests
         sys.path.remove(str(folder))
         for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
             del sys.modules[mod]
     scripted = torch.jit.load(str(folder / "models" / "verify_model.ts"), map_location="cpu")
-    x = torch.rand(1, int(parser.get_parsed_content("in_channels")), *parser.get_parsed_content("roi_size"),
-                   generator=torch.Generator().manual_seed(0))
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(scripted.eval()(x), net.eval()(x), rtol=1e-4, atol=1e-5)
 
