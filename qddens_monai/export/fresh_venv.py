@@ -60,7 +60,7 @@ def requirements(meta: Mapping[str, Any], extra: Iterable[str] = ()) -> list[str
 
 
 def _pip(python: Path, args: list[str], timeout: float) -> None:
-    cmd = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args]
+    cmd = [str(python), "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check", *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_clean_env())
     except subprocess.TimeoutExpired as e:
