@@ -65,6 +65,7 @@ def test_full_mode_passes_with_no_exclusion(full_mode):
                  "check_properties (train, inference)", "verify_data_shape", "verify_torchscript"]:
         assert step in proc.stdout, proc.stdout
     assert (folder / "models" / "verify_model.ts").is_file()
+    assert (folder.parents[1] / "ci" / "unit_tests" / f"test_{NAME}.py").is_file()  # the zoo unit test to submit
 
 
 def test_scripted_checkpoint_equals_eager(full_mode):

@@ -62,7 +62,8 @@ def assemble_zoo_tree(
     ``weights`` (a folder mirroring the bundle's layout, e.g. ``models/model.pt``) are copied in, as the
     zoo's ``download_large_files`` would download them. ``root/models/model_info.json`` (the zoo's list of
     released versions) is created empty when missing: a new bundle. ``eval/schema.json`` is the schema the
-    metadata names, as the zoo's ``prepare_schema`` writes it.
+    metadata names, as the zoo's ``prepare_schema`` writes it. The bundle's zoo unit test
+    (:mod:`qddens_monai.export.zoo_unit`) is written to ``root/ci/unit_tests/test_<name>.py``.
     """
     bundle, root = Path(bundle), Path(root)
     target = root / "models" / bundle.name
@@ -84,6 +85,9 @@ def assemble_zoo_tree(
         raise ValueError(f"the metadata's schema is {meta.get('schema')!r}; only {Path(schema).name} ships offline.")
     (target / "eval").mkdir(exist_ok=True)
     shutil.copyfile(schema, target / "eval" / "schema.json")
+    from qddens_monai.export.zoo_unit import write_unit_test  # here only: this file also runs without the package
+
+    write_unit_test(root, bundle.name)  # ci/unit_tests/test_<name>.py, to submit with the bundle
     return target
 
 
@@ -227,10 +231,11 @@ def check_style(models_path: PathLike, name: str, timeout: float = 600) -> list[
 
     models_path = Path(models_path).resolve()
     root, rel = models_path.parent, f"models/{name}"
+    paths = [rel] + [p for p in (f"ci/unit_tests/test_{name}.py",) if (root / p).is_file()]  # its unit test too
     commands = {
-        "flake8": [sys.executable, "-m", "flake8", rel],
-        "black": [sys.executable, "-m", "black", "--check", "-l", "120", "--skip-magic-trailing-comma", rel],
-        "isort": [sys.executable, "-m", "isort", "--check-only", rel],
+        "flake8": [sys.executable, "-m", "flake8", *paths],
+        "black": [sys.executable, "-m", "black", "--check", "-l", "120", "--skip-magic-trailing-comma", *paths],
+        "isort": [sys.executable, "-m", "isort", "--check-only", *paths],
     }
     findings = []
     for tool, cmd in commands.items():
