@@ -2,10 +2,13 @@
 
 A config needs (1) the third-party modules its ``imports`` and expressions name, (2) what the vendored
 modules it references import when imported (module-level imports of those modules and of every module
-they import in turn, package ``__init__`` files included), (3) what the MONAI components it names load
-lazily (a small table: ignite engines and handlers, TensorBoard, the image readers / writers), and
-(4) ``fire`` for ``python -m monai.bundle run``. Imports made inside functions are needed only when that
-code runs: they are optional. MONAI, PyTorch and NumPy are the zoo's base requirements and not listed.
+they import in turn, package ``__init__`` files included; names are followed through the packages' lazy
+exports, see :mod:`qddens_monai.export.imports`), (3) what the functions and classes it names import inside
+their bodies, and inside the functions and classes of the same module those name in turn (calling them may run
+it), (4) what the MONAI components it names load lazily (a small table: ignite engines and handlers,
+TensorBoard, the image readers / writers), and (5) ``fire`` for ``python -m monai.bundle run``. Other imports
+made inside functions are needed only when that code runs: they are optional. MONAI, PyTorch and NumPy are
+the zoo's base requirements and not listed.
 
 Overlay configs (``inference_onnx.json`` over ``inference.json``, ``evaluate.json`` over ``train.json``, ...)
 need their base's packages too: see :data:`OVERLAYS`.
