@@ -11,7 +11,8 @@
    Target: ``qdd_ens`` packed size <= 1/5 of float32; the physical reference is 32/b = 6.4.
 2. Latency of sliding-window inference on one 2D image (the shipped model, ROI 64^2) and one
    3D volume (the bundle's 3D switch, ROI 48^3, ``qme_net`` preset, weights of a fresh network:
-   latency does not depend on them): eager PyTorch (frozen), TorchScript (traced), ONNX Runtime
+   latency does not depend on them): eager PyTorch (frozen), TorchScript (traced, and scripted as the
+   Model Zoo's ``ckpt_export`` does), ONNX Runtime
    float and ONNX Runtime int8 (static QDQ, calibrated on patches of the input data), and the
    distilled student's architecture (one CE-Net) eager. The methods are run round-robin after a
    warm-up round, medians compared; all ratios are eager ensemble / method.
@@ -177,11 +178,13 @@ def latency_case(
     example = torch.from_numpy(calibration[0])
     with torch.no_grad():
         traced = torch.jit.trace(frozen, example, check_trace=False)
+    scripted = torch.jit.script(copy.deepcopy(frozen))  # what the zoo's ckpt_export makes of network_def
     onnx_float = export_onnx(frozen, work / f"{tag}.onnx", example)
     onnx_int8 = quantize_onnx_int8(onnx_float, work / f"{tag}_int8.onnx", calibration)
     nets = {
         "eager float": frozen,
-        "TorchScript": traced,
+        "TorchScript traced": traced,
+        "TorchScript scripted": scripted,
         "ONNX Runtime float": OnnxRuntimeNetwork(onnx_float, num_threads=threads),
         "ONNX Runtime int8": OnnxRuntimeNetwork(onnx_int8, num_threads=threads),
         "student eager": student.eval(),

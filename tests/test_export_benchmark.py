@@ -29,8 +29,8 @@ def test_export_benchmark_quick(tmp_path):
     assert abs(results["sizes"]["qdd_ens 5 bits"]["packed_bits_per_weight"] - 5) < 0.1
     for case in ("2D", "3D"):
         r = results["latency"][case]
-        assert set(r["seconds"]) == {"eager float", "TorchScript", "ONNX Runtime float", "ONNX Runtime int8",
-                                     "student eager"}
+        assert set(r["seconds"]) == {"eager float", "TorchScript traced", "TorchScript scripted", "ONNX Runtime float",
+                                     "ONNX Runtime int8", "student eager"}
         assert all(v > 0 for v in r["seconds"].values())
         assert r["mask_dice_vs_eager"]["ONNX Runtime float"] > 0.999
     assert set(results["latency"]["2D"]["dice_vs_label"]) == {"eager float", "ONNX Runtime float", "ONNX Runtime int8"}

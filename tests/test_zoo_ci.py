@@ -65,6 +65,7 @@ def test_full_mode_passes_with_no_exclusion(full_mode):
                  "check_properties (train, inference)", "verify_data_shape", "verify_torchscript"]:
         assert step in proc.stdout, proc.stdout
     assert (folder / "models" / "verify_model.ts").is_file()
+    assert (folder.parents[1] / "ci" / "unit_tests" / f"test_{NAME}.py").is_file()  # the zoo unit test to submit
 
 
 def test_scripted_checkpoint_equals_eager(full_mode):
@@ -77,13 +78,13 @@ def test_scripted_checkpoint_equals_eager(full_mode):
     try:
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
+        shape = (1, int(parser.get_parsed_content("in_channels")), *parser.get_parsed_content("roi_size"))
     finally:  # the vendored package must not stay imported as 'scripts' for other tests
         sys.path.remove(str(folder))
         for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
             del sys.modules[mod]
     scripted = torch.jit.load(str(folder / "models" / "verify_model.ts"), map_location="cpu")
-    x = torch.rand(1, int(parser.get_parsed_content("in_channels")), *parser.get_parsed_content("roi_size"),
-                   generator=torch.Generator().manual_seed(0))
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(scripted.eval()(x), net.eval()(x), rtol=1e-4, atol=1e-5)
 
@@ -121,16 +122,49 @@ def test_a_weight_with_a_wrong_hash_fails_as_in_the_zoo(exported, tmp_path):
 
 
 def test_packages_follow_what_each_config_imports(exported):
-    # inference (what the zoo installs and runs) needs fire for the command line, ignite for the evaluator,
-    # the image readers and what the vendored modules import; training's extras and DICOM are extra
+    # what the workflows the zoo creates and unit-tests (inference, train, evaluate) import is required: fire for the
+    # command line, ignite for the engines, the image readers, TensorBoard / tqdm / matplotlib for training's
+    # handlers; ONNX Runtime and DICOM SEG writing are extra
     meta = json.loads((exported.folder / "configs" / "metadata.json").read_text())
     required, optional = meta["required_packages_version"], meta["extra_packages_version"]
     assert "optional_packages_version" not in meta  # MONAI renames it to required_packages_version
-    assert {"fire", "pytorch-ignite", "nibabel", "pillow"} <= set(required)
-    assert {"tensorboard", "tqdm", "matplotlib", "highdicom", "pydicom"} <= set(optional)
+    assert {"fire", "pytorch-ignite", "nibabel", "pillow", "tensorboard", "tqdm", "matplotlib"} <= set(required)
+    assert {"highdicom", "onnxruntime"} <= set(optional)  # dicom_seg.json, inference_onnx.json
     assert not set(required) & set(optional)
-    assert "onnxruntime" in optional  # configs/inference_onnx.json
     assert not {"torch", "monai", "numpy", "qddens-monai"} & (set(required) | set(optional))
+
+
+def test_vendored_code_is_what_the_configs_import(exported):
+    from qddens_monai.export.vendor import vendored_modules
+
+    scripts = exported.folder / "scripts" / "qddens_monai"
+    files = {f.relative_to(scripts).as_posix() for f in scripts.rglob("*.py")}
+    configs = [json.loads(f.read_text()) for f in (exported.folder / "configs").glob("*.json")]
+    assert len(files) == len(vendored_modules(configs))
+    assert "networks/qmenet.py" in files and "export/onnx.py" in files  # network_def, inference_onnx.json
+    assert not {"cli.py", "demo.py", "export/zoo.py", "data/drive.py"} & files and not any(
+        f.startswith("label/") for f in files
+    )
+    # a vendored package __init__ exports only vendored modules
+    assert '".zoo"' not in (scripts / "export" / "__init__.py").read_text()
+
+
+def test_fresh_venv_with_exactly_the_required_packages(exported, tmp_path_factory):
+    # torch, monai, numpy and required_packages_version only (no qddens_monai): command-line inference,
+    # check_properties (train, inference), the zoo unit test (inference, train + evaluate) and the full mode
+    from qddens_monai.export.fresh_venv import VenvError, check_fresh_venv, create_venv
+
+    meta = json.loads((exported.folder / "configs" / "metadata.json").read_text())
+    work = tmp_path_factory.mktemp("fresh_venv")
+    try:
+        python = create_venv(work / "venv", meta)
+    except (VenvError, OSError, subprocess.TimeoutExpired) as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"cannot create a virtual environment with the bundle's packages here: {e}")
+    seconds = check_fresh_venv(exported.folder, exported.weights, work, python)
+    assert any(k.startswith("inference") for k in seconds) and "zoo unit test: train + evaluate" in seconds
+    assert any((work / "predictions").rglob("*.*"))
 
 
 def test_onnx_config_needs_onnxruntime(tmp_path):

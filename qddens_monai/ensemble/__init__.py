@@ -1,26 +1,20 @@
 """The ensemble contract in one place: the training-mode output, the learners' stacking order and the
 disagreement between learners. Networks produce it, losses, handlers, evaluation and active learning read it."""
 
-from qddens_monai.ensemble.disagreement import (
-    DISAGREEMENT_MEASURES,
-    PAIR_MEASURES,
-    learner_disagreement,
-    learner_pairs,
-    max_disagreement,
-)
-from qddens_monai.ensemble.learners import learner_names, merge_learners, split_learners, unwrap_network
-from qddens_monai.ensemble.output import EnsembleOutput, is_ensemble_output
+from qddens_monai._lazy import lazy_exports
 
-__all__ = [
-    "EnsembleOutput",
-    "is_ensemble_output",
-    "learner_names",
-    "merge_learners",
-    "split_learners",
-    "unwrap_network",
-    "DISAGREEMENT_MEASURES",
-    "PAIR_MEASURES",
-    "learner_disagreement",
-    "learner_pairs",
-    "max_disagreement",
-]
+# Imported on first use (qddens_monai._lazy): importing one component does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".disagreement": [
+            "DISAGREEMENT_MEASURES",
+            "PAIR_MEASURES",
+            "learner_disagreement",
+            "learner_pairs",
+            "max_disagreement",
+        ],
+        ".learners": ["learner_names", "merge_learners", "split_learners", "unwrap_network"],
+        ".output": ["EnsembleOutput", "is_ensemble_output"],
+    },
+)

@@ -2,10 +2,13 @@
 
 A config needs (1) the third-party modules its ``imports`` and expressions name, (2) what the vendored
 modules it references import when imported (module-level imports of those modules and of every module
-they import in turn, package ``__init__`` files included), (3) what the MONAI components it names load
-lazily (a small table: ignite engines and handlers, TensorBoard, the image readers / writers), and
-(4) ``fire`` for ``python -m monai.bundle run``. Imports made inside functions are needed only when that
-code runs: they are optional. MONAI, PyTorch and NumPy are the zoo's base requirements and not listed.
+they import in turn, package ``__init__`` files included; names are followed through the packages' lazy
+exports, see :mod:`qddens_monai.export.imports`), (3) what the functions and classes it names import inside
+their bodies, and inside the functions and classes of the same module those name in turn (calling them may run
+it), (4) what the MONAI components it names load lazily (a small table: ignite engines and handlers,
+TensorBoard, the image readers / writers), and (5) ``fire`` for ``python -m monai.bundle run``. Other imports
+made inside functions are needed only when that code runs: they are optional. MONAI, PyTorch and NumPy are
+the zoo's base requirements and not listed.
 
 Overlay configs (``inference_onnx.json`` over ``inference.json``, ``evaluate.json`` over ``train.json``, ...)
 need their base's packages too: see :data:`OVERLAYS`.
@@ -13,13 +16,21 @@ need their base's packages too: see :data:`OVERLAYS`.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import sys
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Union
+
+from qddens_monai.export.imports import (
+    config_references,
+    defining_module,
+    definition_imports,
+    module_closure,
+    module_file,
+    module_imports,
+)
 
 __all__ = ["BASE", "OVERLAYS", "MONAI_EXTRAS", "config_dependencies", "bundle_dependencies"]
 
@@ -44,7 +55,6 @@ MONAI_EXTRAS = {
     r"\bProgressBar\b": ["tqdm"],
     r"\b(LoadImaged?|SaveImaged?)\b": ["nibabel", "pillow"],
 }
-_MODULE_NAMES = re.compile(r"\b(scripts\.qddens_monai(?:\.\w+)*)")
 _IMPORT_LINE = re.compile(r"^\$\s*(?:import|from)\s+([\w.]+)")
 
 
@@ -53,59 +63,11 @@ def _distribution(module: str) -> str:
     return dists[0] if dists else module
 
 
-def _module_file(scripts_root: Path, dotted: str):
-    """The file of the vendored module ``dotted`` (``scripts.qddens_monai...``), or of its longest existing prefix."""
-    parts = dotted.split(".")
-    while parts:
-        base = scripts_root.parent.parent.joinpath(*parts)
-        for f in (base / "__init__.py", base.with_suffix(".py")):
-            if f.is_file():
-                return ".".join(parts), f
-        parts.pop()
-    return None, None
-
-
-def _defining_module(scripts_root: Path, dotted: str) -> tuple:
-    """The vendored module that defines the object ``dotted`` names (following a package's re-exports)."""
-    name, file = _module_file(scripts_root, dotted)
-    attr = dotted[len(name) + 1 :].split(".")[0] if name and dotted != name else ""
-    if attr and file.name == "__init__.py":
-        for node in ast.parse(file.read_text()).body:
-            if isinstance(node, ast.ImportFrom) and node.module and any(a.asname or a.name == attr for a in node.names):
-                if any((a.asname or a.name) == attr for a in node.names):
-                    return _module_file(scripts_root, node.module)
-    return name, file
-
-
-def _imports(file: Path, module: str) -> tuple[set[str], set[str]]:
-    """(module-level, in-function) absolute names imported by ``file`` (the module ``module``)."""
-    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
-    hard, lazy = set(), set()
-
-    def visit(node, in_function):
-        for child in ast.iter_child_nodes(node):
-            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            names = []
-            if isinstance(child, ast.Import):
-                names = [a.name for a in child.names]
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else []))
-                names = [base] + [f"{base}.{a.name}" for a in child.names]
-            elif isinstance(child, ast.Call) and getattr(child.func, "id", None) == "optional_import" and child.args:
-                arg = child.args[0]
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    lazy.add(arg.value)  # optional_import never fails on import: optional
-            (lazy if inner else hard).update(names)
-            visit(child, inner)
-
-    visit(ast.parse(file.read_text()), False)
-    return hard, lazy
-
-
 def config_dependencies(config: dict, scripts_root: Path) -> tuple[set[str], set[str]]:
-    """(required, optional) distributions of one config (not merged with its base), excluding :data:`BASE`."""
+    """(required, optional) distributions of one config (not merged with its base), excluding :data:`BASE`.
+
+    ``scripts_root`` is the vendored package's folder (``<bundle>/scripts/qddens_monai``)."""
+    package = f"{scripts_root.parent.name}.{scripts_root.name}"
     text = json.dumps(config)
     external: set[str] = set()
     for line in config.get("imports", []) if isinstance(config.get("imports"), list) else []:
@@ -113,28 +75,21 @@ def config_dependencies(config: dict, scripts_root: Path) -> tuple[set[str], set
         if m:
             external.add(m.group(1).split(".")[0])
     required = {p for pattern, pkgs in MONAI_EXTRAS.items() if re.search(pattern, text) for p in pkgs}
+    references = config_references(config, package)
+    start = set(references)
+    for ref in references:  # what the config calls: the imports inside that function / class are needed too
+        module, _ = module_file(scripts_root, package, ref)
+        attr = ref[len(module) + 1 :].split(".")[0] if module is not None and ref != module else ""
+        name, file = defining_module(scripts_root, package, ref)
+        if name is not None and attr:
+            calls = definition_imports(file, name, attr)
+            external |= {n.split(".")[0] for n in calls if not n.startswith(package)}
+            start |= {n for n in calls if n.startswith(package)}
     lazy: set[str] = set()
-    todo = list(_MODULE_NAMES.findall(text))
-    for ref in set(todo):  # what the config calls: the in-function imports of its defining module are needed too
-        name, file = _defining_module(scripts_root, ref)
-        if name is not None:
-            todo.append(name)
-            external |= {n.split(".")[0] for n in _imports(file, name)[1] if not n.startswith("scripts")}
-    seen: set[str] = set()
-    while todo:
-        name, file = _module_file(scripts_root, todo.pop())
-        if name is None or name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(2, len(parts))]  # importing a.b.c runs a.b's __init__
-        hard, soft = _imports(file, name)
-        for n in hard:
-            if n.startswith("scripts.qddens_monai"):
-                todo.append(n)
-            elif not n.startswith("scripts"):
-                external.add(n.split(".")[0])
-        lazy |= {n.split(".")[0] for n in soft if not n.startswith("scripts.")}
+    for name, file in module_closure(scripts_root, package, start, in_functions=False).items():
+        hard, soft = module_imports(file, name)  # importing the module runs its module-level imports
+        external |= {n.split(".")[0] for n in hard if not n.startswith(package)}
+        lazy |= {n.split(".")[0] for n in soft if not n.startswith(package)}
     stdlib = set(sys.stdlib_module_names) | {"scripts", "__future__"}
     required |= {_distribution(m) for m in external - stdlib}
     optional = {_distribution(m) for m in lazy - stdlib - external}

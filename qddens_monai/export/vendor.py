@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
+
+from qddens_monai.export.imports import config_references, module_closure, resolve
 
 __all__ = [
-    "VENDOR_PACKAGE", "VENDOR_EXCLUDE", "format_like_the_zoo", "vendor_package", "rewrite_names", "rewrite_config"
+    "VENDOR_PACKAGE",
+    "format_like_the_zoo",
+    "vendor_package",
+    "vendored_modules",
+    "rewrite_names",
+    "rewrite_config",
 ]
 
 #: Where the package lives inside an exported bundle: the Model Zoo's ``scripts`` convention
 #: (``python -m monai.bundle run`` puts the bundle folder on ``sys.path``).
 VENDOR_PACKAGE = "scripts.qddens_monai"
-#: Package files (or folders, ending in ``/``) an exported bundle does not need: the command line,
-#: the demo command, the MONAI Label app (it has its own extra) and the exporter itself (the
-#: vendored ``export`` package keeps only the ONNX Runtime wrapper).
-VENDOR_EXCLUDE = ("__main__.py", "cli.py", "demo.py", "label/", "export/zoo.py", "export/zoo_ci.py", "export/vendor.py",
-                  "export/readme.py", "export/weights.py", "export/dependencies.py",
-                  "export/metadata.py")
-
+_SOURCE = Path(__file__).resolve().parents[1]
 _NAME = re.compile(r"(?<![\w.])qddens_monai\b")
-_EXPORT_INIT = '''"""ONNX Runtime inference (vendored by qddens-monai export-zoo)."""
-
-from {package}.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
-
-__all__ = ["OnnxRuntimeNetwork", "export_onnx", "quantize_onnx_int8"]
-'''
 
 
 def rewrite_names(value: Any, package: str = VENDOR_PACKAGE) -> Any:
@@ -52,43 +49,74 @@ def rewrite_config(config: dict, package: str = VENDOR_PACKAGE) -> dict:
     config = rewrite_names(config, package)
     imports = config.get("imports")
     root = f"$import {package.split('.')[0]}"
-    if isinstance(imports, list) and root not in imports and any(str(i).startswith(f"$import {package}") for i in imports):
+    if (
+        isinstance(imports, list)
+        and root not in imports
+        and any(str(i).startswith(f"$import {package}") for i in imports)
+    ):
         config["imports"] = [root, *imports]
     return config
 
 
-def vendor_package(bundle_dir: Union[str, os.PathLike], exclude: Sequence[str] = VENDOR_EXCLUDE) -> Path:
-    """Copy the ``qddens_monai`` sources into ``bundle_dir/scripts/qddens_monai`` with imports rewritten.
+def vendored_modules(configs: Iterable[Any]) -> dict[str, Path]:
+    """The package modules ``configs`` (parsed bundle configs, with either module prefix) need: module -> source file.
 
-    Every ``qddens_monai`` module reference becomes ``scripts.qddens_monai``, so the copy does
-    not collide with (or silently use) an installed ``qddens_monai``. Only ``.py`` files are copied.
+    The transitive closure of the package imports, from the names the configs mention (``_target_`` s,
+    ``$import`` s, expressions) through the package's lazy exports (:func:`.imports.module_closure`).
+    """
+    references = set()
+    for config in configs:
+        references |= config_references(config, "qddens_monai")
+        references |= {"qddens_monai" + r[len(VENDOR_PACKAGE) :] for r in config_references(config, VENDOR_PACKAGE)}
+    return module_closure(_SOURCE, "qddens_monai", references)
+
+
+def vendor_package(bundle_dir: Union[str, os.PathLike], configs: Optional[Iterable[Any]] = None) -> Path:
+    """Copy the ``qddens_monai`` modules the bundle's configs need into ``bundle_dir/scripts/qddens_monai``.
+
+    Only the modules the configs import, directly or through other modules (:func:`vendored_modules`), are
+    copied; the lazy export tables of the copied package ``__init__`` files keep only the copied modules.
+    Every ``qddens_monai`` module reference becomes ``scripts.qddens_monai``, so the copy does not collide with
+    (or silently use) an installed ``qddens_monai``.
 
     Args:
         bundle_dir: the bundle folder being exported.
-        exclude: package-relative files, or folders ending in ``/``, left out.
+        configs: the configs to serve (parsed); default: every ``configs/*.json`` of ``bundle_dir`` but the metadata.
 
     Returns:
         The vendored package folder.
     """
-    source = Path(__file__).resolve().parents[1]
-    scripts = Path(bundle_dir) / "scripts"
+    bundle_dir = Path(bundle_dir)
+    if configs is None:
+        files = sorted(f for f in (bundle_dir / "configs").glob("*.json") if f.name != "metadata.json")
+        configs = [json.loads(f.read_text()) for f in files]
+    modules = vendored_modules(configs)
+    scripts = bundle_dir / "scripts"
     target = scripts / "qddens_monai"
     if target.exists():
         shutil.rmtree(target)
     scripts.mkdir(parents=True, exist_ok=True)
     (scripts / "__init__.py").write_text('"""Code of this bundle (the Model Zoo scripts/ convention)."""\n')
-    for file in sorted(source.rglob("*.py")):
-        rel = file.relative_to(source).as_posix()
-        if rel in exclude or any(rel.startswith(e) for e in exclude if e.endswith("/")) or "__pycache__" in rel:
-            continue
-        out = target / rel
+    for name, file in sorted(modules.items()):
+        out = target / file.relative_to(_SOURCE)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if rel == "export/__init__.py":
-            out.write_text(_EXPORT_INIT.format(package=VENDOR_PACKAGE))
-        else:
-            out.write_text(rewrite_names(file.read_text()))
+        text = file.read_text()
+        if file.name == "__init__.py":
+            text = _keep_exports(text, name, set(modules))
+        out.write_text(rewrite_names(text))
     format_like_the_zoo(scripts)
     return target
+
+
+def _keep_exports(text: str, package: str, modules: set[str]) -> str:
+    """``text`` of a package ``__init__`` with its ``lazy_exports`` table reduced to the modules in ``modules``."""
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports" and len(node.args) == 2:
+            table = ast.literal_eval(node.args[1])
+            kept = {m: names for m, names in table.items() if resolve(m, package) in modules}
+            segment = ast.get_source_segment(text, node.args[1])
+            return text.replace(segment, repr(kept), 1)
+    return text
 
 
 def format_like_the_zoo(folder: Union[str, os.PathLike]) -> bool:

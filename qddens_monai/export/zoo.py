@@ -298,7 +298,6 @@ def _build(
     configs, models, docs = tmp / "configs", tmp / "models", tmp / "docs"
     for d in (configs, models, docs):
         d.mkdir(parents=True)
-    vendor_package(tmp)
     result = ExportResult(tmp, tmp)
 
     # Configs: the bundle's own, with module names pointing at the vendored package.
@@ -312,6 +311,10 @@ def _build(
         for f in sorted(src.glob("*.json")):
             if f.name not in ("inference.json", "metadata.json", "inference_student.json"):
                 _write_json(configs / f.name, rewrite_config(json.loads(f.read_text())))
+    for extra, wanted in (("inference_packed.json", quantized), ("inference_onnx.json", onnx)):
+        if wanted:
+            _write_json(configs / extra, rewrite_config(json.loads((src / extra).read_text())))
+    vendor_package(tmp)  # only the modules the written configs import
 
     # Weights: the checked state dict, TorchScript of the frozen network, packed low-bit weights.
     torch.save(network.state_dict(), models / "model.pt")
@@ -320,8 +323,6 @@ def _build(
     example = torch.rand(1, in_channels, *roi, generator=torch.Generator().manual_seed(0))
     if quantized:
         save_packed(network, models / "model_packed.bin", entropy_coding=True)
-        packed_config = json.loads((src / "inference_packed.json").read_text())
-        _write_json(configs / "inference_packed.json", rewrite_config(packed_config))
     frozen = freeze(copy.deepcopy(network)).eval()
 
     meta_base = json.loads((src / "metadata.json").read_text())
@@ -336,7 +337,8 @@ def _build(
     artifacts = ["TorchScript"] + (["packed low-bit"] if quantized else []) + (["ONNX float / int8"] if onnx else [])
     change = f"Model Zoo export of the {what} with {', '.join(artifacts)} artifacts; code vendored in scripts/"
     deps = bundle_dependencies(tmp)  # what each written config imports, through the vendored code
-    required = deps["inference.json"]
+    # the workflows the zoo's CI creates and its unit tests run (inference, train, evaluate) need theirs installed
+    required = set().union(*(deps.get(c, set()) for c in ("inference.json", "train.json", "evaluate.json")))
     optional = set().union(*deps.values()) - required  # -> metadata "extra_packages_version"
     meta = build_metadata(meta_base, change, version, packages=tuple(required), overrides=overrides,
                           optional_packages=tuple(optional))
@@ -359,8 +361,6 @@ def _build(
         result.onnx_dice_vs_pytorch = {
             k: mask_dice(predict_masks(OnnxRuntimeNetwork(p), images, roi), reference) for k, p in onnx_paths.items()
         }
-        onnx_config = json.loads((src / "inference_onnx.json").read_text())
-        _write_json(configs / "inference_onnx.json", rewrite_config(onnx_config))
 
     # Documents.
     shutil.copy2(bundle_dir / "docs" / "data_license.txt", docs / "data_license.txt")

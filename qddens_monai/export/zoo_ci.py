@@ -62,7 +62,8 @@ def assemble_zoo_tree(
     ``weights`` (a folder mirroring the bundle's layout, e.g. ``models/model.pt``) are copied in, as the
     zoo's ``download_large_files`` would download them. ``root/models/model_info.json`` (the zoo's list of
     released versions) is created empty when missing: a new bundle. ``eval/schema.json`` is the schema the
-    metadata names, as the zoo's ``prepare_schema`` writes it.
+    metadata names, as the zoo's ``prepare_schema`` writes it. The bundle's zoo unit test
+    (:mod:`qddens_monai.export.zoo_unit`) is written to ``root/ci/unit_tests/test_<name>.py``.
     """
     bundle, root = Path(bundle), Path(root)
     target = root / "models" / bundle.name
@@ -84,6 +85,9 @@ def assemble_zoo_tree(
         raise ValueError(f"the metadata's schema is {meta.get('schema')!r}; only {Path(schema).name} ships offline.")
     (target / "eval").mkdir(exist_ok=True)
     shutil.copyfile(schema, target / "eval" / "schema.json")
+    from qddens_monai.export.zoo_unit import write_unit_test  # here only: this file also runs without the package
+
+    write_unit_test(root, bundle.name)  # ci/unit_tests/test_<name>.py, to submit with the bundle
     return target
 
 
@@ -227,10 +231,11 @@ def check_style(models_path: PathLike, name: str, timeout: float = 600) -> list[
 
     models_path = Path(models_path).resolve()
     root, rel = models_path.parent, f"models/{name}"
+    paths = [rel] + [p for p in (f"ci/unit_tests/test_{name}.py",) if (root / p).is_file()]  # its unit test too
     commands = {
-        "flake8": [sys.executable, "-m", "flake8", rel],
-        "black": [sys.executable, "-m", "black", "--check", "-l", "120", "--skip-magic-trailing-comma", rel],
-        "isort": [sys.executable, "-m", "isort", "--check-only", rel],
+        "flake8": [sys.executable, "-m", "flake8", *paths],
+        "black": [sys.executable, "-m", "black", "--check", "-l", "120", "--skip-magic-trailing-comma", *paths],
+        "isort": [sys.executable, "-m", "isort", "--check-only", *paths],
     }
     findings = []
     for tool, cmd in commands.items():
@@ -270,6 +275,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--models-path", help="verify an already assembled models/ folder instead (with --name)")
     parser.add_argument("--name", help="the bundle name under --models-path")
     parser.add_argument("--style", action="store_true", help="also run the zoo's flake8 / black / isort / pre-commit")
+    parser.add_argument("--properties-only", action="store_true",
+                        help="only create the train and inference workflows and check their properties")
     args = parser.parse_args(argv)
     if args.models_path:
         models_path, name = Path(args.models_path), args.name
@@ -278,6 +285,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         root = Path(args.root or tempfile.mkdtemp(prefix="zoo_"))
         models_path, name = assemble_zoo_tree(args.bundle, root, args.weights).parent, Path(args.bundle).name
+    if args.properties_only:  # needs MONAI and the bundle's packages only (full mode also needs PyYAML, jsonschema)
+        sys.path.insert(0, str(models_path / name))  # as verify_full: the configs import scripts/
+        missing = check_workflow_properties(models_path / name)
+        if any(missing.values()):
+            print(f"check properties for workflow failed: {missing}", file=sys.stderr)
+            return 1
+        print("passed: check_properties (train, inference)")
+        return 0
     if args.style:  # pre-commit runs on the pull request as submitted, before the CI writes into the folder
         findings = check_style(models_path, name)
         if findings:

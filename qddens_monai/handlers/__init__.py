@@ -1,16 +1,13 @@
-from qddens_monai.handlers.checkpoint import AtomicCheckpointSaver, EpochSeedHandler, find_checkpoint
-from qddens_monai.handlers.incremental_quantization import IncrementalQuantizationHandler
-from qddens_monai.ensemble import learner_disagreement, max_disagreement
-from qddens_monai.handlers.curves import TrainingCurvesHandler
-from qddens_monai.handlers.overlays import OverlayHandler
+from qddens_monai._lazy import lazy_exports
 
-__all__ = [
-    "AtomicCheckpointSaver",
-    "EpochSeedHandler",
-    "find_checkpoint",
-    "IncrementalQuantizationHandler",
-    "TrainingCurvesHandler",
-    "OverlayHandler",
-    "learner_disagreement",
-    "max_disagreement",
-]
+# Imported on first use (qddens_monai._lazy): importing one component does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".checkpoint": ["AtomicCheckpointSaver", "EpochSeedHandler", "find_checkpoint"],
+        ".incremental_quantization": ["IncrementalQuantizationHandler"],
+        "..ensemble": ["learner_disagreement", "max_disagreement"],
+        ".curves": ["TrainingCurvesHandler"],
+        ".overlays": ["OverlayHandler"],
+    },
+)

@@ -4,33 +4,23 @@
 need the ``label`` extra (MONAI Label, see the README) and are imported on demand.
 """
 
-from qddens_monai.label.bundle import bundle_dir, bundle_network, prepare_label_bundle
-from qddens_monai.label.compat import import_monailabel, monailabel_available
-from qddens_monai.label.scoring import DisagreementMapd, EnsembleScorer, deepest_encoder_level
-from qddens_monai.label.selection import (
-    DISAGREEMENT_KINDS,
-    cosine_similarity_matrix,
-    image_uncertainty,
-    representativeness,
-    suggest,
-    voxel_disagreement,
-)
-from qddens_monai.label.studies import convert_dicom_studies
+from qddens_monai._lazy import lazy_exports
 
-__all__ = [
-    "bundle_dir",
-    "bundle_network",
-    "prepare_label_bundle",
-    "import_monailabel",
-    "monailabel_available",
-    "DisagreementMapd",
-    "EnsembleScorer",
-    "deepest_encoder_level",
-    "DISAGREEMENT_KINDS",
-    "cosine_similarity_matrix",
-    "image_uncertainty",
-    "representativeness",
-    "suggest",
-    "voxel_disagreement",
-    "convert_dicom_studies",
-]
+# Imported on first use (qddens_monai._lazy): importing one component does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".bundle": ["bundle_dir", "bundle_network", "prepare_label_bundle"],
+        ".compat": ["import_monailabel", "monailabel_available"],
+        ".scoring": ["DisagreementMapd", "EnsembleScorer", "deepest_encoder_level"],
+        ".selection": [
+            "DISAGREEMENT_KINDS",
+            "cosine_similarity_matrix",
+            "image_uncertainty",
+            "representativeness",
+            "suggest",
+            "voxel_disagreement",
+        ],
+        ".studies": ["convert_dicom_studies"],
+    },
+)

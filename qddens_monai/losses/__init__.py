@@ -1,5 +1,11 @@
-from qddens_monai.losses.distillation import EnsembleDistillationLoss
-from qddens_monai.losses.diversity import DeepDiversityLoss
-from qddens_monai.losses.ensemble import EnsembleLoss
+from qddens_monai._lazy import lazy_exports
 
-__all__ = ["DeepDiversityLoss", "EnsembleLoss", "EnsembleDistillationLoss"]
+# Imported on first use (qddens_monai._lazy): importing one component does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".distillation": ["EnsembleDistillationLoss"],
+        ".diversity": ["DeepDiversityLoss"],
+        ".ensemble": ["EnsembleLoss"],
+    },
+)

@@ -1,58 +1,29 @@
-from qddens_monai.networks.cenet import CENet, CENetDecoderBlock, CENetResBlock, DACBlock, RMPBlock, match_spatial_size
-from qddens_monai.networks.features import (
-    BOTTLENECK,
-    DECODER,
-    ENCODER,
-    FEATURE_ROLES,
-    STEM,
-    UNSPECIFIED,
-    FeatureExtractor,
-    FeatureLevel,
-    check_feature_compatibility,
-    feature_levels,
-    feature_module_names,
-    feature_shapes,
-    register_feature_levels,
-)
-from qddens_monai.networks.fusion import FeatureFusionBlock, resize_to
-from qddens_monai.networks.staged import StagedBackbone, StageView, as_staged, is_staged, register_staged_adapter
-from qddens_monai.networks.staged_monai import StagedBasicUNet, StagedUNet
-from qddens_monai.networks.distillation import DistillationNetwork, load_checkpoint
-from qddens_monai.networks.qmenet import BACKBONES, QUANTIZATION_PRESETS, QMENet, quantization_preset
+from qddens_monai._lazy import lazy_exports
 
-__all__ = [
-    "CENet",
-    "CENetResBlock",
-    "CENetDecoderBlock",
-    "DACBlock",
-    "RMPBlock",
-    "match_spatial_size",
-    "STEM",
-    "ENCODER",
-    "BOTTLENECK",
-    "DECODER",
-    "UNSPECIFIED",
-    "FEATURE_ROLES",
-    "FeatureLevel",
-    "FeatureExtractor",
-    "feature_levels",
-    "feature_module_names",
-    "feature_shapes",
-    "check_feature_compatibility",
-    "register_feature_levels",
-    "StagedBackbone",
-    "StageView",
-    "StagedUNet",
-    "StagedBasicUNet",
-    "as_staged",
-    "is_staged",
-    "register_staged_adapter",
-    "FeatureFusionBlock",
-    "resize_to",
-    "QMENet",
-    "BACKBONES",
-    "QUANTIZATION_PRESETS",
-    "quantization_preset",
-    "DistillationNetwork",
-    "load_checkpoint",
-]
+# Imported on first use (qddens_monai._lazy): importing one component does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".cenet": ["CENet", "CENetDecoderBlock", "CENetResBlock", "DACBlock", "RMPBlock", "match_spatial_size"],
+        ".features": [
+            "BOTTLENECK",
+            "DECODER",
+            "ENCODER",
+            "FEATURE_ROLES",
+            "STEM",
+            "UNSPECIFIED",
+            "FeatureExtractor",
+            "FeatureLevel",
+            "check_feature_compatibility",
+            "feature_levels",
+            "feature_module_names",
+            "feature_shapes",
+            "register_feature_levels",
+        ],
+        ".fusion": ["FeatureFusionBlock", "resize_to"],
+        ".staged": ["StagedBackbone", "StageView", "as_staged", "is_staged", "register_staged_adapter"],
+        ".staged_monai": ["StagedBasicUNet", "StagedUNet"],
+        ".distillation": ["DistillationNetwork", "load_checkpoint"],
+        ".qmenet": ["BACKBONES", "QUANTIZATION_PRESETS", "QMENet", "quantization_preset"],
+    },
+)

@@ -1,62 +1,34 @@
 """Low-bit weight quantization of any PyTorch / MONAI network (INQ, D2ED2Q, DoReFa, TWN, uniform)."""
 
-from qddens_monai.quantization.network import (
-    DEFAULT_PORTIONS,
-    QUANTIZABLE_LAYERS,
-    freeze,
-    is_quantization_complete,
-    quantization_progress,
-    quantization_step,
-    quantize_network,
-    quantized_layers,
-)
-from qddens_monai.quantization.packing import PACKED_FORMAT_VERSION, PackedSize, load_packed, load_packed_network, save_packed
-from qddens_monai.quantization.parametrizations import IncrementalQuantization, StraightThroughQuantization
-from qddens_monai.quantization.partition import PARTITIONS
-from qddens_monai.quantization.quantizers import (
-    QUANTIZERS,
-    DoReFaQuantizer,
-    LogMinMaxQuantizer,
-    PowerOfTwoQuantizer,
-    Quantizer,
-    TernaryQuantizer,
-    UniformQuantizer,
-    get_quantizer,
-)
-from qddens_monai.quantization.report import (
-    QuantizationReport,
-    TensorQuantization,
-    quantization_report,
-    write_quantization_report,
-)
+from qddens_monai._lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_PORTIONS",
-    "QUANTIZABLE_LAYERS",
-    "PARTITIONS",
-    "QUANTIZERS",
-    "PACKED_FORMAT_VERSION",
-    "Quantizer",
-    "PowerOfTwoQuantizer",
-    "LogMinMaxQuantizer",
-    "DoReFaQuantizer",
-    "TernaryQuantizer",
-    "UniformQuantizer",
-    "get_quantizer",
-    "IncrementalQuantization",
-    "StraightThroughQuantization",
-    "quantize_network",
-    "quantized_layers",
-    "quantization_step",
-    "quantization_progress",
-    "is_quantization_complete",
-    "freeze",
-    "QuantizationReport",
-    "TensorQuantization",
-    "quantization_report",
-    "write_quantization_report",
-    "PackedSize",
-    "save_packed",
-    "load_packed",
-    "load_packed_network",
-]
+# Imported on first use (qddens_monai._lazy): importing one component does not import the others.
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".network": [
+            "DEFAULT_PORTIONS",
+            "QUANTIZABLE_LAYERS",
+            "freeze",
+            "is_quantization_complete",
+            "quantization_progress",
+            "quantization_step",
+            "quantize_network",
+            "quantized_layers",
+        ],
+        ".packing": ["PACKED_FORMAT_VERSION", "PackedSize", "load_packed", "load_packed_network", "save_packed"],
+        ".parametrizations": ["IncrementalQuantization", "StraightThroughQuantization"],
+        ".partition": ["PARTITIONS"],
+        ".quantizers": [
+            "QUANTIZERS",
+            "DoReFaQuantizer",
+            "LogMinMaxQuantizer",
+            "PowerOfTwoQuantizer",
+            "Quantizer",
+            "TernaryQuantizer",
+            "UniformQuantizer",
+            "get_quantizer",
+        ],
+        ".report": ["QuantizationReport", "TensorQuantization", "quantization_report", "write_quantization_report"],
+    },
+)
