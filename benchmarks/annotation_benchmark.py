@@ -28,8 +28,9 @@ Strategies:
 - ``random``: ``batch`` unlabelled images at random;
 - ``uncertainty``: the ``batch`` most uncertain (float scorer);
 - ``suggestive``: the ``top_n`` most uncertain, then ``batch`` of them by greedy max-cover on the
-  descriptors (float scorer), through :func:`qddens_monai.label.selection.suggest`, the label
-  app's own selection code, with the app's defaults (variance disagreement, no ``cover_labeled``);
+  descriptors (float scorer), through the label app's own selection code
+  (:func:`qddens_monai.label.selection.select_batch` with a
+  :class:`~qddens_monai.label.selection.SuggestiveConfig`: variance disagreement, no ``cover_labeled``);
 - ``suggestive_quantized``: the same with the diversely quantized scorer (the QSA variant);
 - ``full``: the learner trained on the whole pool (the ceiling).
 
@@ -95,7 +96,8 @@ def _case(image: np.ndarray, label: np.ndarray, fov: np.ndarray, kind: str) -> d
     import torch
 
     img = np.moveaxis(image.astype(np.float32), -1, 0)  # (3, H, W) in [0, 1]
-    return {"image": torch.from_numpy(np.ascontiguousarray(img)), "label": torch.from_numpy(label[None].astype(np.float32)),
+    return {"image": torch.from_numpy(np.ascontiguousarray(img)),
+            "label": torch.from_numpy(label[None].astype(np.float32)),
             "mask": torch.from_numpy(fov[None].astype(np.float32)), "kind": kind}
 
 
@@ -147,7 +149,8 @@ def loader(cases: list[dict], samples: int, seed: int, batch_size: int):
     from monai.transforms import Compose, RandFlipd, RandRotate90d
 
     keys = ["image", "label"]
-    aug = Compose([RandFlipd(keys, prob=0.5, spatial_axis=0), RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1))])
+    aug = Compose([RandFlipd(keys, prob=0.5, spatial_axis=0),
+                   RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1))])
     aug.set_random_state(seed)
     data = [{"image": c["image"], "label": c["label"]} for c in cases]
     data = (data * (samples // len(data) + 1))[:samples]
@@ -208,29 +211,42 @@ def test_dice(net, test: list[dict]) -> float:
     return float(np.mean(dice))
 
 
+def strategy_config(strategy: str, cfg: dict[str, Any]):
+    """The label app's :class:`~qddens_monai.label.selection.SuggestiveConfig` of a (non-random) strategy."""
+    from qddens_monai.label.selection import SuggestiveConfig
+
+    return SuggestiveConfig(batch_size=cfg["batch"], top_n=cfg["top_n"],
+                            disagreement=cfg.get("disagreement", "variance"),
+                            representativeness=strategy != "uncertainty",
+                            quantized_scorers=strategy == "suggestive_quantized",
+                            cover_labeled=bool(cfg.get("cover_labeled", False)))
+
+
 def pick(strategy: str, pool: list[dict], labelled: list[int], cfg: dict[str, Any], seed: int,
          rnd: int) -> tuple[list[int], dict[str, Any]]:
-    """The next batch of pool indices by ``strategy`` (and what the scorer said about the pool)."""
+    """The next batch of pool indices by ``strategy`` (and what the scorer said about the pool), through the
+    label app's scoring (:func:`~qddens_monai.label.scoring.member_scores`) and selection
+    (:func:`~qddens_monai.label.selection.select_batch`) code."""
+    import torch
+
     from qddens_monai.label.scoring import member_scores
-    from qddens_monai.label.selection import image_uncertainty, suggest
+    from qddens_monai.label.selection import image_uncertainty, select_batch
 
     unlabelled = [i for i in range(len(pool)) if i not in labelled]
     k = min(cfg["batch"], len(unlabelled))
     if strategy == "random":
         rng = np.random.default_rng([seed, rnd, 7])
         return [int(i) for i in rng.choice(unlabelled, size=k, replace=False)], {}
-    scorer = train_scorer([pool[i] for i in labelled], cfg, 1000 * seed + rnd, strategy == "suggestive_quantized")
-    unc, desc = [], []
-    for i in unlabelled:
+    config = strategy_config(strategy, cfg)
+    scorer = train_scorer([pool[i] for i in labelled], cfg, 1000 * seed + rnd, config.quantized_scorers)
+    scored = {}
+    for i in unlabelled + (labelled if config.cover_labeled else []):
         probs, d = member_scores(scorer, pool[i]["image"][None])
-        unc.append(image_uncertainty(probs, "variance"))
-        desc.append(d)
-    import torch
-
-    if strategy == "uncertainty":
-        order = sorted(range(len(unlabelled)), key=lambda j: (-unc[j], j))[:k]
-    else:
-        order = suggest(unc, torch.stack(desc), top_n=cfg["top_n"], k=k)
+        scored[i] = (image_uncertainty(probs, config.disagreement), d)
+    unc = [scored[i][0] for i in unlabelled]
+    desc = torch.stack([scored[i][1] for i in unlabelled])
+    covered = torch.stack([scored[i][1] for i in labelled]) if config.cover_labeled else None
+    order = select_batch(unc, desc, config, covered)
     return [unlabelled[j] for j in order], {"uncertainty": unc}
 
 
@@ -284,7 +300,8 @@ def run_strategy(strategy: str, seed: int, setting: str, out: Path, log) -> dict
         job["seconds"] += time.perf_counter() - t0
         job["done"] = len(job["labelled"]) >= cfg["max_labels"]
         _write(path, job)
-        log(f"{strategy} round {rnd}: {len(job['labelled'])} labels, dice {dice:.3f}, picked {job['rounds'][-1]['kinds']}"
+        log(f"{strategy} round {rnd}: {len(job['labelled'])} labels, dice {dice:.3f}, "
+            f"picked {job['rounds'][-1]['kinds']}"
             f" ({job['rounds'][-1]['seconds']:.0f}s)")
     return job
 
@@ -326,12 +343,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--docs", default=None, help="repository root: write the figure, docs/results.md section and "
                     "README summary there")
     ap.add_argument("--report", action="store_true", help="only rewrite the summary / report from --out")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="change the setting for a probe (e.g. batch=2 top_n=4, cover_labeled=true, clusters=0 "
+                         "distinct=40); use its own --out")
     ap.add_argument("--reading", default=str(Path(__file__).with_name("annotation_reading.md")),
                     help="a file whose text opens the docs section and README summary (if it exists)")
     args = ap.parse_args(argv)
     setting = "quick" if args.quick else "full"
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SETTINGS[setting] and key not in ("cover_labeled", "disagreement"):
+            ap.error(f"--set: unknown key {key!r}")
+        SETTINGS[setting][key] = json.loads(value) if value not in ("variance", "entropy") else value
     out = Path(args.out or f"runs/annotation{'_quick' if args.quick else ''}").resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    stamp = out / "settings.json"  # a folder's job files all come from one setting
+    if stamp.is_file() and json.loads(stamp.read_text()) != SETTINGS[setting]:
+        ap.error(f"{out} holds a run with other settings ({stamp}): use another --out")
+    _write(stamp, SETTINGS[setting])
     t_all = time.perf_counter()
     if not args.report:
         _setup_threads()

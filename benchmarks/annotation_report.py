@@ -184,8 +184,7 @@ def write_docs(payload: dict[str, Any], root: Path, reading: str = "") -> None:
     readme = root / "README.md"
     short = (f"{START}\n## Results: does suggestive annotation save labels?\n\n"
              + (reading.strip() + "\n\n" if reading.strip() else "")
-             + markdown(payload, "docs/images/").split("\n\nLabels needed")[0].replace("images/" + FIGURE,
-                                                                                          "images/" + FIGURE)
+             + markdown(payload, "docs/images/").split("\n\nLabels needed")[0]
              + "\n\nLabels-to-90 %, AUC and paired differences: [docs/results.md](docs/results.md#suggestive-annotation"
              "-labels-saved-simulated-loop-with-an-oracle).\n" + END)
     readme.write_text(_replace(readme.read_text(), short, "## License"))

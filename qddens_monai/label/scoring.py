@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 
 from qddens_monai.evaluation import LearnerProbabilities, split_learners, unwrap_network
-from qddens_monai.label.selection import image_uncertainty, voxel_disagreement
+from qddens_monai.label.selection import defined_descriptor, image_uncertainty, voxel_disagreement
 from qddens_monai.networks import ENCODER, load_checkpoint
 
 __all__ = ["DisagreementMapd", "EnsembleScorer", "deepest_encoder_level", "member_scores"]
@@ -38,8 +38,9 @@ def member_scores(network: torch.nn.Module, x: torch.Tensor, inferer: Any = None
         level: the feature level of the descriptor (default: the deepest encoder level).
 
     Returns:
-        member probabilities (K, C, *S) and the descriptor (D,): the base learners' feature maps at
-        ``level``, each averaged over space and over the inferer's windows, concatenated.
+        member probabilities (K, C, *S) and the descriptor (D + 1,): the base learners' feature maps at
+        ``level``, each averaged over space and over the inferer's windows, concatenated, plus the flag
+        of :func:`~qddens_monai.label.selection.defined_descriptor` (1 for a constant image).
     """
     net = unwrap_network(network)
     if not hasattr(net, "forward_learners"):
@@ -62,7 +63,7 @@ def member_scores(network: torch.nn.Module, x: torch.Tensor, inferer: Any = None
     finally:
         del net.forward_learners
     probs = split_learners(merged, num_learners=probabilities.num_learners)[:, 0]
-    return probs.cpu(), torch.cat(sums).mean(0).cpu()
+    return probs.cpu(), defined_descriptor(torch.cat(sums).mean(0).cpu())
 
 
 class DisagreementMapd(MapTransform):
@@ -125,11 +126,11 @@ class EnsembleScorer:
     @torch.no_grad()
     def members(self, image: Union[str, os.PathLike]) -> tuple[torch.Tensor, torch.Tensor]:
         """Member probabilities (K, C, *S) of ``image`` (a file the bundle's preprocessing reads) and its
-        descriptor (D,), see :func:`member_scores`."""
+        descriptor (D + 1,), see :func:`member_scores`."""
         x = self.preprocessing({"image": str(image)})["image"].as_tensor()[None].to(self.device)
         return member_scores(self.network, x, self.inferer, self._level)
 
     def __call__(self, image: Union[str, os.PathLike]) -> dict[str, Any]:
-        """``{"uncertainty": float, "descriptor": [D floats]}`` for ``image``."""
+        """``{"uncertainty": float, "descriptor": [D + 1 floats]}`` for ``image``."""
         probs, descriptor = self.members(image)
         return {"uncertainty": image_uncertainty(probs, self.kind), "descriptor": descriptor.tolist()}
