@@ -21,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+ANNOTATION = ("<!-- annotation:start -->", "<!-- annotation:end -->")  # annotation_report.py's section
 FIGURES = ("results_metrics.png", "results_size.png", "results_overlay.png")
 DATASET_TITLES = {"2d": "2D vessels (inside the FOV)", "3d": "3D spheres"}
 
@@ -349,8 +350,13 @@ def write_report(json_path: os.PathLike, out_dir: os.PathLike, repo_root: Option
     (root / "docs" / "images").mkdir(parents=True, exist_ok=True)
     for f in FIGURES if have_overlay else FIGURES[:2]:
         shutil.copyfile(out / f, root / "docs" / "images" / f)
-    (root / "docs" / "results.md").write_text(
-        report_markdown(payload, "images/") + "\n" + (summary_text + "\n\n" if summary_text else "") + per_seed(payload))
+    results_md = root / "docs" / "results.md"
+    # keep the annotation benchmark's section (annotation_report.py writes it between its markers)
+    old = results_md.read_text() if results_md.is_file() else ""
+    kept = old[old.index(ANNOTATION[0]): old.index(ANNOTATION[1]) + len(ANNOTATION[1])] if all(
+        m in old for m in ANNOTATION) else ""
+    results_md.write_text(report_markdown(payload, "images/") + "\n" + (summary_text + "\n\n" if summary_text else "")
+                          + per_seed(payload) + ("\n\n" + kept + "\n" if kept else ""))
     readme = root / "README.md"
     text = readme.read_text()
     section = readme_section(payload, summary_text)

@@ -17,6 +17,8 @@ from qddens_monai.label import (
     suggest,
     voxel_disagreement,
 )
+from qddens_monai.label.descriptors import DescriptorStore
+from qddens_monai.label.selection import SuggestiveConfig, defined_descriptor, select_batch
 from qddens_monai.label.server import parse_overrides
 
 
@@ -53,6 +55,68 @@ def test_suggest_is_top_n_then_greedy_max_cover():
         suggest(u, d[:3])
 
 
+def test_suggestive_config_defaults_conf_and_requests():
+    c = SuggestiveConfig()
+    assert (c.batch_size, c.top_n, c.disagreement, c.representativeness, c.quantized_scorers, c.cover_labeled) == (
+        1, 4, "variance", True, True, False)
+    conf = SuggestiveConfig.from_conf({"batch_size": "3", "representativeness": "false", "disagreement": "entropy",
+                                       "quantized_scorers": "false", "models": "qddens"})
+    assert (conf.batch_size, conf.representativeness, conf.disagreement, conf.quantized_scorers) == (
+        3, False, "entropy", False)
+    # a request changes the per-request keys only, never the scorers
+    req = conf.with_request({"batch_size": 2, "top_n": "8", "representativeness": True, "quantized_scorers": True,
+                             "disagreement": "variance"})
+    assert (req.batch_size, req.top_n, req.representativeness, req.quantized_scorers, req.disagreement) == (
+        2, 8, True, False, "entropy")
+    with pytest.raises(ValueError, match="true or false"):
+        SuggestiveConfig.from_conf({"representativeness": "maybe"})
+    with pytest.raises(ValueError, match="disagreement"):
+        SuggestiveConfig.from_conf({"disagreement": "std"})
+    with pytest.raises(ValueError, match="positive"):
+        SuggestiveConfig(batch_size=0)
+
+
+def test_select_batch_with_and_without_representativeness():
+    d = torch.tensor([[1.0, 0.0, 0.0], [0.99, 0.05, 0.0], [0.98, 0.0, 0.05], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]])
+    u = [0.1, 0.2, 0.3, 0.9, 0.05]
+    # uncertainty only: the N most uncertain, the cluster's two members included
+    assert select_batch(u, None, SuggestiveConfig(batch_size=3, representativeness=False)) == [3, 2, 1]
+    # representativeness: one of the cluster, then the outlier, then the off-cluster image
+    cfg = SuggestiveConfig(batch_size=3, top_n=5)
+    assert select_batch(u, d, cfg) == suggest(u, d, 5, 3) and select_batch(u, d, cfg)[:2] == [2, 3]
+    # the short list is at least the batch
+    assert len(select_batch(u, d, SuggestiveConfig(batch_size=3, top_n=1))) == 3
+    # cover_labeled: the labeled cluster member counts as covering
+    covered = SuggestiveConfig(batch_size=1, top_n=5, cover_labeled=True)
+    assert select_batch(u, d, covered, d[:1]) == [3] and select_batch(u, d, SuggestiveConfig(top_n=5), d[:1]) == [2]
+    with pytest.raises(ValueError, match="descriptors"):
+        select_batch(u, None, cfg)
+
+
+def test_defined_descriptor_of_constant_images():
+    a = defined_descriptor(torch.tensor([0.5, 0.2, 0.0]))
+    assert a.tolist() == pytest.approx([0.5, 0.2, 0.0, 0.0])  # ordinary features: unchanged, flag 0
+    z1, z2 = defined_descriptor(torch.zeros(3)), defined_descriptor(torch.full((3,), 1e-6))
+    assert z1.tolist() == z2.tolist() == [0.0, 0.0, 0.0, 1.0]
+    sim = torch.nn.functional.cosine_similarity
+    assert float(sim(z1, z2, dim=0)) == 1.0 and float(sim(z1, a, dim=0)) == 0.0
+    # two constant images cover each other: a pool of them is covered by one
+    d = torch.stack([z1, z2, a])
+    assert representativeness(d[:1], d) == pytest.approx(2.0)
+
+
+def test_descriptor_store(tmp_path):
+    store = DescriptorStore(tmp_path / "descriptors")
+    assert store.get("img/1", "m1", "variance") is None
+    store.put("img/1", "m1", "variance", [0.5, 1.0])
+    assert store.get("img/1", "m1", "variance") == [0.5, 1.0]
+    assert store.get("img/1", "m2", "variance") is None and store.get("img/1", "m1", "entropy") is None
+    assert DescriptorStore(tmp_path / "descriptors").get("img/1", "m1", "variance") == [0.5, 1.0]  # from disk
+    assert [p.suffix for p in (tmp_path / "descriptors").iterdir()] == [".json"]
+    store.path("img/2").write_text("not json")
+    assert store.get("img/2", "m1", "variance") is None
+
+
 def _volume(seed, size=32):
     from monai.data.synthetic import create_test_image_3d
 
@@ -80,10 +144,21 @@ def test_label_bundle_and_scorer(tmp_path):
     probs, descriptor = scorer.members(tmp_path / "a.nii.gz")
     assert probs.shape == (4, 2, 32, 32, 32)
     assert torch.allclose(probs.sum(1), torch.ones(()), atol=1e-5)
-    # 3 base learners x 32 channels of the deepest encoder level (UNet learners 8..64: 64 is the bottleneck)
-    assert descriptor.shape == (3 * 32,)
+    # 3 base learners x 32 channels of the deepest encoder level (UNet learners 8..64: 64 is the bottleneck),
+    # and the constant-image flag, 0 here
+    assert descriptor.shape == (3 * 32 + 1,) and descriptor[-1] == 0 and descriptor[:-1].abs().max() > 1e-3
     score = scorer(tmp_path / "a.nii.gz")
     assert score["uncertainty"] == pytest.approx(image_uncertainty(probs)) and score["uncertainty"] > 0
+    # A binary mask is all zeros after z-scoring, as an empty volume is: both get the same defined
+    # descriptor (the network's response to a zero input here: the batch-normalized layers keep it
+    # non-zero; were it all zeros, the constant-image flag alone), never a zero vector.
+    mask = (_volume(2) > 0.5).astype(np.float32)
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "mask.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros_like(mask), np.eye(4)), str(tmp_path / "empty.nii.gz"))
+    _, constant = scorer.members(tmp_path / "mask.nii.gz")
+    _, empty = scorer.members(tmp_path / "empty.nii.gz")
+    assert torch.allclose(constant, empty) and bool(torch.isfinite(constant).all()) and float(constant.norm()) > 0
+    assert float(torch.nn.functional.cosine_similarity(constant, empty, dim=0)) == pytest.approx(1.0)
 
 
 def test_dicom_studies_become_nifti_with_their_geometry(tmp_path):

@@ -33,6 +33,8 @@ if not monailabel_available():
 import httpx  # noqa: E402  (label extra)
 
 from qddens_monai.data import write_dicom_series  # noqa: E402
+from qddens_monai.label.descriptors import DescriptorStore  # noqa: E402
+from qddens_monai.label.selection import SuggestiveConfig, select_batch  # noqa: E402
 from qddens_monai.label.server import LabelServerProcess  # noqa: E402
 
 # subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
@@ -96,14 +98,21 @@ class Server(LabelServerProcess):
         # background scoring has stored so far
         r = self.client.post(f"/activelearning/{strategy}", json={"device": "cpu", "wait_for_scores": True, **request})
         assert r.status_code == 200, r.text
+        assert "descriptor" not in r.text  # the reply carries the image info, but no descriptor dump
         return r.json()
 
     def scores(self, images):
+        """The stored scores: image info (no descriptor) plus the descriptor kept beside the bundle."""
+        store = DescriptorStore(self.app / "model" / "qddens" / "descriptors")
         out = {}
         for image in images:
             r = self.client.get("/datastore/image/info", params={"image": image})
             assert r.status_code == 200, r.text
-            out[image] = r.json()["qdd_ens"]
+            info = r.json()["qdd_ens"]
+            assert "descriptor" not in info
+            descriptor = store.get(image, info["model"], info["kind"])
+            assert descriptor, image
+            out[image] = {**info, "descriptor": descriptor}
         return out
 
 
@@ -198,6 +207,26 @@ def test_strategies_follow_the_method(server):
     cover = sim[-1, :-1].clamp_min(0)
     gain = torch.maximum(sim[:-1, :-1], cover).sum(1) - cover.sum()
     assert pick_covered == POOL[int(gain.argmax())] and pick_covered != "dup"
+
+
+def test_strategy_config_batch_and_representativeness(server):
+    srv, _ = server
+    info = srv.client.get("/info/").json()
+    assert info["suggestive_annotation"] == SuggestiveConfig().as_dict()  # the documented defaults
+    assert info["strategies"]["suggestive"]["config"]["top_n"] == 4
+    scores = srv.scores(POOL)
+    unc = [scores[n]["uncertainty"] for n in POOL]
+    desc = torch.tensor([scores[n]["descriptor"] for n in POOL])
+    # a batch of 3: the label app's select_batch on the stored scores; id is its first image
+    reply = srv.next("suggestive", batch_size=3, top_n=len(POOL))
+    expected = [POOL[i] for i in select_batch(unc, desc, SuggestiveConfig(batch_size=3, top_n=len(POOL)))]
+    assert reply["batch"] == expected and reply["id"] == expected[0] and len(set(expected)) == 3
+    assert reply["config"]["batch_size"] == 3
+    assert reply["batch_uncertainty"] == [scores[n]["uncertainty"] for n in expected]
+    # representativeness off: the most uncertain, as the uncertainty strategy answers
+    top = sorted(POOL, key=lambda n: -scores[n]["uncertainty"])[:2]
+    assert srv.next("suggestive", batch_size=2, representativeness=False)["batch"] == top
+    assert srv.next("uncertainty", batch_size=2)["batch"] == top
 
 
 def test_label_then_train_updates_model(server):

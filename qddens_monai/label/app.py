@@ -5,15 +5,26 @@ Adds to MONAI Label's stock ``monaibundle`` app:
 - infer ``<model>_disagreement``: the members' per-voxel disagreement map (float), so the annotator
   sees where the ensemble hesitates;
 - scoring ``qdd_ens``: per unlabeled image, uncertainty (members' disagreement averaged over the
-  image) and descriptor (mean of the deepest encoder feature), stored in the datastore and
-  recomputed when ``model.pt`` changes;
-- strategies ``uncertainty`` (the most uncertain image) and ``suggestive`` (the top-N uncertain,
+  image) and descriptor (mean of the deepest encoder feature), stored (uncertainty in the datastore,
+  descriptors beside the bundle) and recomputed when ``model.pt`` changes;
+- strategies ``uncertainty`` (the most uncertain image(s)) and ``suggestive`` (the top-N uncertain,
   then greedy cosine max-cover over the unlabeled pool, DESIGN §1.5), next to ``random`` / ``first``.
 
-Conf keys (``--conf K V``): ``models`` (bundle folder name under ``<app>/model``), ``disagreement``
-(``variance`` | ``entropy``), ``top_n`` (default 4), ``auto_update_scoring`` (default false:
-MONAI Label's scoring subprocess does not race the datastore), ``background_scoring`` (default true:
-the server scores the pool in a thread, see :mod:`qddens_monai.label.strategies`).
+Conf keys (``--conf K V``): ``models`` (bundle folder name under ``<app>/model``),
+``auto_update_scoring`` (default false: MONAI Label's scoring subprocess does not race the
+datastore), ``background_scoring`` (default true: the server scores the pool in a thread, see
+:mod:`qddens_monai.label.strategies`), and suggestive annotation's
+(:class:`~qddens_monai.label.selection.SuggestiveConfig`, listed in ``/info/`` under
+``suggestive_annotation``; a request may change the first four):
+
+- ``batch_size`` (default 1): images per ``/activelearning`` answer (``id`` = the first, ``batch`` = all);
+- ``top_n`` (default 4): the short list of most uncertain images ranked by representativeness;
+- ``representativeness`` (default true): max-cover among the short list; false: the most uncertain;
+- ``cover_labeled`` (default false): labeled images count as covering the pool;
+- ``disagreement`` (default ``variance``, or ``entropy``): the uncertainty measure;
+- ``quantized_scorers`` (default true): the bundle's learners are diversely quantized (the bundle's
+  ``quantization`` ``qme_net``); false: float learners (``quantization`` ``float``). The served
+  bundle must match: ``qddens-monai label-server --conf quantized_scorers false`` prepares it so.
 
 With ``--studies http(s)://.../dicom-web`` the datastore is a
 :class:`~qddens_monai.label.pacs.PacsDatastore` (series fetched over DICOMweb, labels back as DICOM SEG).
@@ -62,6 +73,7 @@ from qddens_monai.label.datastore import CheckedDatastore  # noqa: E402
 from qddens_monai.label.pacs import PacsDatastore  # noqa: E402
 from qddens_monai.label.scoring import DisagreementMapd  # noqa: E402
 from qddens_monai.label.screening import StudyScreen  # noqa: E402
+from qddens_monai.label.selection import SuggestiveConfig  # noqa: E402
 from qddens_monai.label.strategies import SCORE_KEY, EnsembleScoring, SuggestiveStrategy, UncertaintyStrategy  # noqa: E402
 from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
 from qddens_monai.label.training import CheckedTrainTask  # noqa: E402
@@ -121,6 +133,13 @@ def _bundle_screen(bundle: str) -> StudyScreen:
     return StudyScreen(*(int(parser.get_parsed_content(k)) for k in ("spatial_dims", "in_channels", "num_classes")))
 
 
+def _bundle_quantization(bundle: str) -> str:
+    """The bundle's ``quantization`` (``"float"`` when the config has none)."""
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    return str(parser.get_parsed_content("quantization")) if "quantization" in parser else "float"
+
+
 def _bundle_classes(bundle: str) -> dict[int, str]:
     """``{label value: name}`` of the bundle's foreground classes (its metadata's ``channel_def``)."""
     import json
@@ -151,9 +170,16 @@ class QDDEnsLabelApp(MONAILabelApp):
         missing = [n for n, p in self.models.items() if not os.path.isdir(p)]
         if missing:
             raise FileNotFoundError(f"no bundle folder for model(s) {missing} under {app_dir}/model")
-        self.kind = conf.get("disagreement", "variance")
-        self.top_n = int(conf.get("top_n", "4"))
-        self.screen = _bundle_screen(next(iter(self.models.values())))
+        self.suggestive = SuggestiveConfig.from_conf(conf)
+        self.kind = self.suggestive.disagreement
+        self.top_n = self.suggestive.top_n
+        bundle = next(iter(self.models.values()))
+        self.screen = _bundle_screen(bundle)
+        quantization = _bundle_quantization(bundle)
+        if (quantization != "float") != self.suggestive.quantized_scorers:
+            raise ValueError(f"conf quantized_scorers={self.suggestive.quantized_scorers} but the bundle {bundle} has "
+                             f"quantization {quantization!r}: start the server with qddens-monai label-server "
+                             "(it prepares the bundle to match) or set the bundle's quantization")
         if not studies.startswith(("http://", "https://")) and os.path.isdir(studies):
             convert_dicom_studies(studies, check=self.screen.study_problem)
         super().__init__(
@@ -220,6 +246,7 @@ class QDDEnsLabelApp(MONAILabelApp):
         info["refused_studies"] = {Path(path).name: problem for path, problem in self.screen.refused().items()}
         if self.models:
             info["scoring_progress"] = dict(self._scoring().progress)
+            info["suggestive_annotation"] = self.suggestive.as_dict()
         return info
 
     def infer(self, request: dict[str, Any], datastore: Optional[Datastore] = None) -> dict[str, Any]:
@@ -266,6 +293,6 @@ class QDDEnsLabelApp(MONAILabelApp):
         strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
         if self.models:
             scoring = self._scoring()
-            strategies["uncertainty"] = UncertaintyStrategy(scoring)
-            strategies["suggestive"] = SuggestiveStrategy(scoring, self.top_n)
+            strategies["uncertainty"] = UncertaintyStrategy(scoring, self.suggestive)
+            strategies["suggestive"] = SuggestiveStrategy(scoring, self.suggestive)
         return strategies

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 
 from qddens_monai.evaluation import LearnerProbabilities, split_learners, unwrap_network
-from qddens_monai.label.selection import image_uncertainty, voxel_disagreement
+from qddens_monai.label.selection import defined_descriptor, image_uncertainty, voxel_disagreement
 from qddens_monai.networks import ENCODER, load_checkpoint
 
-__all__ = ["DisagreementMapd", "EnsembleScorer", "deepest_encoder_level"]
+__all__ = ["DisagreementMapd", "EnsembleScorer", "deepest_encoder_level", "member_scores"]
 
 
 def deepest_encoder_level(roles: list[str]) -> int:
@@ -24,6 +24,46 @@ def deepest_encoder_level(roles: list[str]) -> int:
     if not idx:
         raise ValueError(f"the network has no encoder level (levels: {roles}).")
     return idx[-1]
+
+
+@torch.no_grad()
+def member_scores(network: torch.nn.Module, x: torch.Tensor, inferer: Any = None,
+                  level: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ensemble's member probabilities and descriptor of one preprocessed image, in one pass.
+
+    Args:
+        network: an ensemble with ``forward_learners`` / ``level_roles`` (e.g. QME-Net), possibly wrapped.
+        x: (1, C_in, *S) the preprocessed image.
+        inferer: the MONAI inferer to run (``None``: the whole image at once).
+        level: the feature level of the descriptor (default: the deepest encoder level).
+
+    Returns:
+        member probabilities (K, C, *S) and the descriptor (D + 1,): the base learners' feature maps at
+        ``level``, each averaged over space and over the inferer's windows, concatenated, plus the flag
+        of :func:`~qddens_monai.label.selection.defined_descriptor` (1 for a constant image).
+    """
+    net = unwrap_network(network)
+    if not hasattr(net, "forward_learners"):
+        raise TypeError(f"{type(net).__name__} is not an ensemble (no forward_learners): nothing to disagree.")
+    level = deepest_encoder_level(net.level_roles) if level is None else level
+    sums: list[torch.Tensor] = []
+    probabilities = LearnerProbabilities(inferer)
+    original = net.forward_learners
+
+    def forward_learners(inp: torch.Tensor) -> Any:
+        # The probabilities go through the inferer; the features are recorded on the way:
+        # (B, D) per window batch, every base learner's map at `level`, mean over space.
+        logits, features = original(inp)
+        sums.append(torch.cat([f[level].flatten(2).mean(2) for f in features], dim=1))
+        return logits, features
+
+    net.forward_learners = forward_learners  # type: ignore[method-assign]
+    try:
+        merged = probabilities(x, net)
+    finally:
+        del net.forward_learners
+    probs = split_learners(merged, num_learners=probabilities.num_learners)[:, 0]
+    return probs.cpu(), defined_descriptor(torch.cat(sums).mean(0).cpu())
 
 
 class DisagreementMapd(MapTransform):
@@ -86,35 +126,11 @@ class EnsembleScorer:
     @torch.no_grad()
     def members(self, image: Union[str, os.PathLike]) -> tuple[torch.Tensor, torch.Tensor]:
         """Member probabilities (K, C, *S) of ``image`` (a file the bundle's preprocessing reads) and its
-        descriptor (D,): the base learners' deepest encoder maps, each averaged over space and over the
-        sliding windows, concatenated."""
+        descriptor (D + 1,), see :func:`member_scores`."""
         x = self.preprocessing({"image": str(image)})["image"].as_tensor()[None].to(self.device)
-        net = unwrap_network(self.network)
-        sums: list[torch.Tensor] = []
-        probabilities = LearnerProbabilities(self.inferer)
-
-        def record(features: list[list[torch.Tensor]]) -> None:
-            # (B, D) per window batch: every base learner's deepest encoder map, mean over space
-            sums.append(torch.cat([f[self._level].flatten(2).mean(2) for f in features], dim=1))
-
-        # One pass: the probabilities go through the bundle's inferer, the features are recorded on the way.
-        original = net.forward_learners
-
-        def forward_learners(inp: torch.Tensor) -> Any:
-            logits, features = original(inp)
-            record(features)
-            return logits, features
-
-        net.forward_learners = forward_learners  # type: ignore[method-assign]
-        try:
-            merged = probabilities(x, net)
-        finally:
-            del net.forward_learners
-        probs = split_learners(merged, num_learners=probabilities.num_learners)[:, 0]
-        descriptor = torch.cat(sums).mean(0)  # mean over all windows
-        return probs.cpu(), descriptor.cpu()
+        return member_scores(self.network, x, self.inferer, self._level)
 
     def __call__(self, image: Union[str, os.PathLike]) -> dict[str, Any]:
-        """``{"uncertainty": float, "descriptor": [D floats]}`` for ``image``."""
+        """``{"uncertainty": float, "descriptor": [D + 1 floats]}`` for ``image``."""
         probs, descriptor = self.members(image)
         return {"uncertainty": image_uncertainty(probs, self.kind), "descriptor": descriptor.tolist()}

@@ -10,8 +10,9 @@ Nothing here imports MONAI Label: the app only stores and reads these numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Optional
 
 import torch
 
@@ -24,9 +25,32 @@ __all__ = [
     "cosine_similarity_matrix",
     "representativeness",
     "suggest",
+    "SuggestiveConfig",
+    "select_batch",
+    "defined_descriptor",
+    "CONSTANT_FEATURE_TOL",
 ]
 
 DISAGREEMENT_KINDS = ("variance", "entropy")
+
+#: Largest absolute feature mean of an image counted as "no feature at all" (see :func:`defined_descriptor`).
+CONSTANT_FEATURE_TOL = 1e-4
+
+
+def defined_descriptor(features: torch.Tensor, tol: float = CONSTANT_FEATURE_TOL) -> torch.Tensor:
+    """The descriptor of an image from its (D,) mean features: the features plus one flag coordinate.
+
+    A constant image (e.g. a binary mask after z-scoring, which is all zeros) gives all-zero features
+    (instance normalization zeroes every constant map), whose cosine similarity is undefined: it would
+    cover nothing, not even an identical image. The flag is 1 for such an image (features all within
+    ``tol`` of 0, which are then set to 0) and 0 otherwise, so constant images are identical to each
+    other (cosine 1) and orthogonal to every other image, while the cosines between ordinary images
+    are unchanged. Returns (D + 1,).
+    """
+    features = features.flatten()
+    constant = bool(features.abs().max() <= tol) if features.numel() else True
+    flag = features.new_ones(1) if constant else features.new_zeros(1)
+    return torch.cat([torch.zeros_like(features) if constant else features, flag])
 
 
 def voxel_disagreement(probs: torch.Tensor, kind: str = "variance") -> torch.Tensor:
@@ -109,3 +133,87 @@ def suggest(
         picked.append(best)
         cover = torch.maximum(cover, sim[best])
     return picked
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"expected true or false, got {value!r}.")
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class SuggestiveConfig:
+    """What a user sets for suggestive annotation (MONAI Label app ``--conf`` keys of the same names,
+    the annotation benchmark's strategies); the defaults are the app's.
+
+    Attributes:
+        batch_size: N, images suggested per request (default 1: the next image; the reply's ``batch``
+            lists all N, in the order they were picked).
+        top_n: the short list of most uncertain images that representativeness ranks (default 4; at
+            least ``batch_size`` is used).
+        disagreement: the uncertainty measure, ``"variance"`` (default) or ``"entropy"`` of the
+            members' per-voxel probabilities, averaged over the image.
+        representativeness: ``True`` (default): greedy cosine max-cover among the short list (QSA);
+            ``False``: simply the ``batch_size`` most uncertain.
+        quantized_scorers: ``True`` (default): the ensemble's base learners are diversely quantized
+            (the bundle's ``quantization`` ``"qme_net"``, the QSA variant); ``False``: float
+            learners (``"float"``). A property of the served bundle, fixed when the server starts.
+        cover_labeled: labeled images count as already covering the pool (default ``False``, the
+            method as published).
+    """
+
+    batch_size: int = 1
+    top_n: int = 4
+    disagreement: str = "variance"
+    representativeness: bool = True
+    quantized_scorers: bool = True
+    cover_labeled: bool = False
+
+    #: Keys a single request may change (the rest are the server's).
+    REQUEST_KEYS = ("batch_size", "top_n", "representativeness", "cover_labeled")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.top_n < 1:
+            raise ValueError(f"batch_size and top_n must be positive, got {self.batch_size}, {self.top_n}.")
+        if self.disagreement not in DISAGREEMENT_KINDS:
+            raise ValueError(f"disagreement must be one of {DISAGREEMENT_KINDS}, got {self.disagreement!r}.")
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> "SuggestiveConfig":
+        """From string-valued ``--conf`` pairs (missing keys keep the defaults)."""
+        return cls()._updated(conf, [f for f in cls.__dataclass_fields__])
+
+    def with_request(self, request: Mapping[str, Any]) -> "SuggestiveConfig":
+        """This configuration with a request's :attr:`REQUEST_KEYS` applied."""
+        return self._updated(request, self.REQUEST_KEYS)
+
+    def _updated(self, values: Mapping[str, Any], keys: Sequence[str]) -> "SuggestiveConfig":
+        kw: dict[str, Any] = {}
+        for key in keys:
+            if key in values and values[key] is not None:
+                default = getattr(self, key)
+                kw[key] = _flag(values[key]) if isinstance(default, bool) else type(default)(values[key])
+        return replace(self, **kw) if kw else self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_batch(
+    uncertainty: Sequence[float],
+    descriptors: Optional[torch.Tensor],
+    config: SuggestiveConfig,
+    covered: Optional[torch.Tensor] = None,
+) -> list[int]:
+    """The ``config.batch_size`` images to annotate next (indices, in the order picked): with
+    representativeness, :func:`suggest` on the ``max(top_n, batch_size)`` most uncertain; without, the most
+    uncertain (ties: the lower index)."""
+    n = len(uncertainty)
+    k = min(config.batch_size, n)
+    if not config.representativeness:
+        return sorted(range(n), key=lambda i: (-float(uncertainty[i]), i))[:k]
+    if descriptors is None:
+        raise ValueError("representativeness needs the images' descriptors.")
+    return suggest(uncertainty, descriptors, max(config.top_n, k), k, covered if config.cover_labeled else None)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 
 from qddens_monai.label.bundle import prepare_label_bundle
 from qddens_monai.label.compat import import_monailabel
+from qddens_monai.label.selection import SuggestiveConfig
 
 __all__ = [
     "MODEL_NAME",
@@ -125,6 +126,12 @@ def start_label_server(
         check_separate(app_path, Path(studies).resolve())
     token = auth_token or os.environ.get(TOKEN_ENV) or None
     warn_exposed(host, token)
+    conf_map = dict(conf)
+    if "quantized_scorers" in conf_map and "quantization" not in (overrides or {}):
+        # the app's conf (SuggestiveConfig) says which learners the served bundle has
+        # (the bundle's default is quantized, "qme_net": only float learners need an override)
+        if not SuggestiveConfig.from_conf({"quantized_scorers": conf_map["quantized_scorers"]}).quantized_scorers:
+            overrides = {**(overrides or {}), "quantization": "float"}
     app = prepare_label_app(app_path, spatial_dims, overrides, stock_app)
     pairs = [("models", MODEL_NAME), ("zoo_source", "github"), ("preload", "false"), *conf]
     if stock_app:

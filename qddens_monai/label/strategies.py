@@ -1,7 +1,9 @@
 """Suggestive annotation in the label server: the pool's scores, kept current in the background, and the strategies.
 
-:class:`EnsembleScoring` stores ``{"uncertainty", "descriptor", "model", "kind"}`` under image info
-``qdd_ens`` per image, for the ``model.pt`` version that computed it. In the server a background
+:class:`EnsembleScoring` stores ``{"uncertainty", "model", "kind"}`` under image info ``qdd_ens`` per
+image, for the ``model.pt`` version that computed it, and the image's descriptor in a
+:class:`~qddens_monai.label.descriptors.DescriptorStore` beside the bundle (not in image info, which
+MONAI Label's ``/activelearning`` reply carries whole). In the server a background
 thread scores the pool when the server starts and whenever ``model.pt`` changes (one image at a time,
 progress in ``/info/`` ``scoring_progress`` and in every strategy answer); meanwhile the strategies
 answer from the scores already stored (the previous model's where the current one has none yet), so
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -25,8 +28,9 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import strtobool
 
 from qddens_monai.label.datastore import CheckedDatastore
+from qddens_monai.label.descriptors import DescriptorStore
 from qddens_monai.label.scoring import EnsembleScorer
-from qddens_monai.label.selection import suggest
+from qddens_monai.label.selection import SuggestiveConfig, select_batch
 
 __all__ = ["SCORE_KEY", "EnsembleScoring", "UncertaintyStrategy", "SuggestiveStrategy"]
 
@@ -52,6 +56,7 @@ class EnsembleScoring(ScoringMethod):
         super().__init__(f"QDD-Ens member disagreement ({kind}) and deepest-encoder descriptor")
         self.bundle = Path(bundle)
         self.kind = kind
+        self.descriptors = DescriptorStore(self.bundle / "descriptors")
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._scorer: Optional[tuple[str, str, EnsembleScorer]] = None  # (model stamp, device, scorer)
@@ -63,10 +68,12 @@ class EnsembleScoring(ScoringMethod):
         return _model_stamp(self.bundle / "models" / "model.pt")
 
     def _stored(self, datastore: Datastore, image: str) -> Optional[dict]:
+        """The stored scores of ``image`` with its descriptor, or ``None`` if either is missing."""
         info = datastore.get_image_info(image).get(SCORE_KEY)
         ok = (isinstance(info, dict) and info.get("kind") == self.kind and isinstance(info.get("uncertainty"), float)
-              and math.isfinite(info["uncertainty"]) and info.get("descriptor"))
-        return info if ok else None
+              and math.isfinite(info["uncertainty"]))
+        descriptor = self.descriptors.get(image, str(info.get("model")), self.kind) if ok else None
+        return {**info, "descriptor": descriptor} if descriptor else None
 
     def score(self, datastore: Datastore, images: Sequence[str], device: str = "cpu") -> dict[str, dict]:
         """The current scores of the servable ``images``, computing (and storing) what is missing or was
@@ -87,7 +94,8 @@ class EnsembleScoring(ScoringMethod):
                 if not math.isfinite(info["uncertainty"]) or not all(map(math.isfinite, info["descriptor"])):
                     logger.warning(f"{SCORE_KEY}: {image} skipped, its scores are not finite")
                     continue
-                datastore.update_image_info(image, {SCORE_KEY: info})
+                self.descriptors.put(image, stamp, self.kind, info["descriptor"])
+                datastore.update_image_info(image, {SCORE_KEY: {k: v for k, v in info.items() if k != "descriptor"}})
                 logger.info(f"{SCORE_KEY}: {image} uncertainty {info['uncertainty']:.6f}")
             scores[image] = info
         return scores
@@ -140,36 +148,66 @@ class EnsembleScoring(ScoringMethod):
         return {"scored": len(scores), "skipped": len(images) - len(scores)}
 
 
-class UncertaintyStrategy(Strategy):
-    """The unlabeled image the ensemble's members disagree on most."""
+def _reply(picked: list[str], scores: dict[str, dict], config: SuggestiveConfig, scoring: EnsembleScoring,
+           **extra: Any) -> dict[str, Any]:
+    """The strategy's answer: the first pick as ``id``, all of them as ``batch`` (no descriptors)."""
+    return {"id": picked[0], "uncertainty": scores[picked[0]]["uncertainty"], "batch": picked,
+            "batch_uncertainty": [scores[i]["uncertainty"] for i in picked], **extra,
+            "config": config.as_dict(), "scoring": dict(scoring.progress)}
 
-    def __init__(self, scoring: EnsembleScoring) -> None:
-        super().__init__("Most uncertain image (QDD-Ens member disagreement)")
+
+class UncertaintyStrategy(Strategy):
+    """The ``batch_size`` unlabeled images the ensemble's members disagree on most (the first is the answer's
+    ``id``).
+
+    Request keys: ``batch_size`` (default: the app's, see :class:`~qddens_monai.label.selection.SuggestiveConfig`).
+    """
+
+    def __init__(self, scoring: EnsembleScoring, config: Optional[SuggestiveConfig] = None) -> None:
+        super().__init__("Most uncertain image(s) (QDD-Ens member disagreement)")
         self.scoring = scoring
+        self.config = config or SuggestiveConfig(disagreement=scoring.kind)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "config": {"batch_size": self.config.batch_size,
+                                             "disagreement": self.config.disagreement}}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
+        config = replace(self.config.with_request({"batch_size": request.get("batch_size")}),
+                         representativeness=False)
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         scores = self.scoring.scores_for(datastore, images, request)
         if not scores:
             return None
-        best = max(scores, key=lambda i: scores[i]["uncertainty"])
-        return {"id": best, "uncertainty": scores[best]["uncertainty"], "scoring": dict(self.scoring.progress)}
+        names = list(scores)
+        picked = [names[i] for i in select_batch([scores[n]["uncertainty"] for n in names], None, config)]
+        return _reply(picked, scores, config, self.scoring)
 
 
 class SuggestiveStrategy(Strategy):
-    """QSA suggestive annotation: the ``top_n`` most uncertain unlabeled images, then the one maximizing
-    cosine max-cover representativeness over the whole unlabeled pool.
+    """QSA suggestive annotation: the ``top_n`` most uncertain unlabeled images, then the ``batch_size`` of them
+    that greedily maximize cosine max-cover representativeness over the whole unlabeled pool (the first is
+    the answer's ``id``); with ``representativeness`` off, the ``batch_size`` most uncertain.
 
-    Request keys: ``top_n`` (default: the app's), ``cover_labeled`` (default false: labeled images
-    also count as covering the pool, so near-duplicates of labeled images gain little).
+    Request keys: ``batch_size``, ``top_n``, ``representativeness``, ``cover_labeled`` (labeled images
+    also count as covering the pool, so near-duplicates of labeled images gain little); defaults: the
+    app's (see :class:`~qddens_monai.label.selection.SuggestiveConfig`).
     """
 
-    def __init__(self, scoring: EnsembleScoring, top_n: int = 4) -> None:
+    def __init__(self, scoring: EnsembleScoring, config: Optional[SuggestiveConfig] = None) -> None:
         super().__init__("Suggestive annotation: top-N uncertain, then most representative (QSA)")
         self.scoring = scoring
-        self.top_n = top_n
+        self.config = config or SuggestiveConfig(disagreement=scoring.kind)
+
+    @property
+    def top_n(self) -> int:
+        return self.config.top_n
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "config": self.config.as_dict()}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
+        config = self.config.with_request(request)
         unlabeled = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         scores = self.scoring.scores_for(datastore, unlabeled, request)
         images = list(scores)  # the servable unlabeled images
@@ -177,12 +215,9 @@ class SuggestiveStrategy(Strategy):
             return None
         descriptors = torch.tensor([scores[i]["descriptor"] for i in images])
         covered = None
-        if strtobool(str(request.get("cover_labeled", "false"))):
+        if config.representativeness and config.cover_labeled:
             labeled = self.scoring.scores_for(datastore, datastore.get_labeled_images(), request)
             covered = torch.tensor([v["descriptor"] for v in labeled.values()]) if labeled else None
-        top_n = int(request.get("top_n", self.top_n))
-        pick = images[suggest([scores[i]["uncertainty"] for i in images], descriptors, top_n, 1, covered)[0]]
-        return {"id": pick, "uncertainty": scores[pick]["uncertainty"], "top_n": top_n,
-                "scoring": dict(self.scoring.progress)}
-
-
+        picked = [images[i] for i in select_batch([scores[i]["uncertainty"] for i in images], descriptors, config,
+                                                  covered)]
+        return _reply(picked, scores, config, self.scoring, top_n=max(config.top_n, config.batch_size))
