@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         (work / "models").mkdir()
         torch.save(workflow.parser.get_parsed_content("network_def").state_dict(), work / "models" / "model.pt")
-        workflow.parser["postprocessing#transforms#2#print_log"] = False
+        workflow.parser["save_prediction#print_log"] = False
         workflow.initialize()
         samples: list[float] = []
         evaluator = workflow.parser.get_parsed_content("evaluator")

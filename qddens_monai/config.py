@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-__all__ = ["REPOSITORY", "bundle_dir", "SettingsError", "SETTING_CHECKS", "check_settings"]
+__all__ = ["REPOSITORY", "bundle_dir", "load_bundle_configs", "SettingsError", "SETTING_CHECKS", "check_settings"]
 
 #: the repository ``qddens_monai`` is installed from (editable install): it holds ``bundle/``, ``LICENSE``, ``docs/``
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -31,6 +31,46 @@ def bundle_dir() -> Path:
             "or pass the bundle folder explicitly."
         )
     return path
+
+
+def load_bundle_configs(
+    files: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], bundle: Union[str, os.PathLike, None] = None
+) -> dict:
+    """MONAI's ``ConfigParser.load_config_files(files)`` with the file macros inlined from the bundle folder.
+
+    The configs share one ``network_def``: ``inference.json`` holds ``"%configs/train.json#network_def"``.
+    MONAI resolves such a macro relative to the working directory, which is the bundle folder when
+    ``python -m monai.bundle run`` is started there as documented; code that reads the configs from
+    elsewhere (export, MONAI Label, tests) reads them through this function, which replaces every
+    ``"%<relative path>#<id>"`` by that content of ``bundle/<relative path>``.
+
+    Args:
+        files: config files, merged in order as MONAI merges them.
+        bundle: the bundle folder the macros' paths are relative to (default: the parent of the first
+            file's folder, i.e. ``<bundle>/configs/x.json`` -> ``<bundle>``).
+
+    Returns:
+        the merged config, a plain ``dict`` for ``ConfigParser(config)`` or ``parser.read_config(config)``.
+    """
+    from monai.bundle import ConfigParser
+
+    names = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    root = Path(bundle) if bundle is not None else Path(names[0]).resolve().parent.parent
+
+    def inline(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, dict):
+            return {k: inline(v, depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [inline(v, depth) for v in value]
+        if isinstance(value, str) and value.startswith("%"):
+            path, ids = ConfigParser.split_path_id(value[1:])
+            if path and not os.path.isabs(path):
+                if depth > 8:
+                    raise ValueError(f"config macro {value!r}: macros nested more than 8 deep (a cycle?).")
+                return inline(ConfigParser(ConfigParser.load_config_file(str(root / path)))[ids], depth + 1)
+        return value
+
+    return inline(ConfigParser.load_config_files([str(n) for n in names]))
 
 
 class SettingsError(ValueError):

@@ -13,7 +13,14 @@ from qddens_monai.data.drive import prepare_drive
 from qddens_monai.data.phantoms import create_mr_slice_2d, write_demo_mr_2d
 from qddens_monai.data.plan import MAX_ROI_SIZE, dataset_fingerprint, plan_num_samples, plan_roi_size, write_plan
 from qddens_monai.data.screen import InferenceInputError, InputScreen
-from qddens_monai.data.transforms import MODALITIES, MODALITY_ALIASES, intensity_normalization, label_transform
+from qddens_monai.data.transforms import (
+    MODALITIES,
+    MODALITY_ALIASES,
+    ClassIndicesd,
+    NormalizeModalityd,
+    intensity_normalization,
+    label_transform,
+)
 from qddens_monai.data.vessels import create_vessel_image_2d
 
 __all__ = [
@@ -47,5 +54,7 @@ __all__ = [
     "MODALITY_ALIASES",
     "intensity_normalization",
     "label_transform",
+    "ClassIndicesd",
+    "NormalizeModalityd",
     "create_vessel_image_2d",
 ]
