@@ -38,9 +38,16 @@ def test_one_network_def():
     assert train["network_def"] == infer["network_def"]
 
 
+def handler_index(parser, target, section="train#handlers"):
+    return next(i for i, h in enumerate(parser[section]) if h["_target_"].endswith(target))
+
+
 def trained_with_portions(tmp_path, portions):
     """A finished schedule of ``portions`` (no training needed: the steps only freeze weights), saved as model.pt."""
-    net = parser_of("train.json", portions=portions).get_parsed_content("network_def")
+    parser = parser_of("train.json", portions=portions, device="$torch.device('cpu')")
+    handler = parser.get_parsed_content(f"train#handlers#{handler_index(parser, 'IncrementalQuantizationHandler')}")
+    net = parser.get_parsed_content("network")
+    assert handler.network is net and handler.num_steps == len(portions)  # the configured schedule, set on the network
     for _ in portions:
         quantization_step(net)
     assert quantization_progress(net) == (len(portions), len(portions)) and is_quantization_complete(net)

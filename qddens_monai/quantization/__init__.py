@@ -9,6 +9,7 @@ from qddens_monai.quantization.network import (
     quantization_step,
     quantize_network,
     quantized_layers,
+    set_portions,
 )
 from qddens_monai.quantization.packing import PACKED_FORMAT_VERSION, PackedSize, load_packed, load_packed_network, save_packed
 from qddens_monai.quantization.parametrizations import IncrementalQuantization, StraightThroughQuantization
@@ -47,6 +48,7 @@ __all__ = [
     "StraightThroughQuantization",
     "quantize_network",
     "quantized_layers",
+    "set_portions",
     "quantization_step",
     "quantization_progress",
     "is_quantization_complete",
