@@ -1,20 +1,22 @@
-"""Where the repository's bundle is, and type and range checks of a bundle's user-facing settings.
+"""Where the repository's bundle is, how its configs are read, and type and range checks of their settings.
 
 MONAI's runner hands command-line overrides to the config as Python values parsed by ``fire``: ``--epochs
 abc`` arrives as the string ``'abc'`` and would fail much later, deep inside an expression, with a
-message that names neither the setting nor the flag. The configs gather their settings in a
-``settings`` section of references (``"settings": {"epochs": "@epochs", ...}``) and call
-``"$qddens_monai.config.check_settings(@settings)"`` first in ``initialize``: every wrong value is
-reported at once, as ``--name: what was expected, what was given``, before any file is read or written.
+message that names neither the setting nor the flag. Each setting lives in one place, its top-level key
+(``"epochs": 60``), and its check in :data:`SETTING_CHECKS`; the configs' ``"settings":
+"$qddens_monai.config.check_settings()"`` reads every top-level key of the running config that has a
+check, and ``initialize`` resolves it first: every wrong value is reported at once, as ``--name: what was
+expected, what was given``, before any file is read or written.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 __all__ = ["REPOSITORY", "bundle_dir", "load_bundle_configs", "SettingsError", "SETTING_CHECKS", "check_settings"]
 
@@ -168,17 +170,24 @@ SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
 }
 
 
-def check_settings(settings: Mapping[str, Any], checks: Mapping[str, Callable[[Any, Mapping], str | None]] | None = None) -> dict:
-    """Check ``settings`` (resolved values by name) against :data:`SETTING_CHECKS`; returns them as a dict.
+def check_settings(
+    settings: Optional[Mapping[str, Any]] = None, checks: Optional[Mapping[str, Callable[[Any, Mapping], Optional[str]]]] = None
+) -> dict:
+    """Check settings against :data:`SETTING_CHECKS`; returns them as a dict.
 
     Args:
-        settings: ``{name: value}``; names without a check are accepted as they are.
+        settings: ``{name: value}``; names without a check are accepted as they are. ``None`` (the bundle
+            configs' ``"$qddens_monai.config.check_settings()"``): the top-level keys of the config being
+            resolved that have a check, resolved (so command-line overrides included).
         checks: other checks (default :data:`SETTING_CHECKS`).
 
     Raises:
         SettingsError: naming every wrong setting, what it must be and the value and type given.
+        TypeError: ``settings`` omitted outside a MONAI bundle config.
     """
     checks = SETTING_CHECKS if checks is None else checks
+    if settings is None:
+        settings = _config_settings(checks)
     problems = []
     for name, value in settings.items():
         check = checks.get(name)
@@ -188,3 +197,19 @@ def check_settings(settings: Mapping[str, Any], checks: Mapping[str, Callable[[A
     if problems:
         raise SettingsError(problems)
     return dict(settings)
+
+
+def _config_settings(checks: Mapping[str, Any]) -> dict:
+    # A "$" expression sees only the ids it names; the config being resolved is the ReferenceResolver
+    # evaluating it, found up the stack, whose items are every id of the (merged, overridden) config.
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    frame = inspect.currentframe()
+    while frame is not None and not isinstance(frame.f_locals.get("self"), ReferenceResolver):
+        frame = frame.f_back
+    if frame is None:
+        raise TypeError("check_settings() without settings reads the MONAI bundle config it is evaluated in; "
+                        "called from Python, pass the settings mapping.")
+    resolver = frame.f_locals["self"]
+    del frame
+    return {name: resolver.get_resolved_content(name) for name in checks if name in resolver.items}
