@@ -36,7 +36,9 @@ def bundle_dir() -> Path:
 
 
 def load_bundle_configs(
-    files: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], bundle: Union[str, os.PathLike, None] = None
+    files: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    bundle: Union[str, os.PathLike, None] = None,
+    merge: bool = True,
 ) -> dict:
     """MONAI's ``ConfigParser.load_config_files(files)`` with the file macros inlined from the bundle folder.
 
@@ -50,6 +52,9 @@ def load_bundle_configs(
         files: config files, merged in order as MONAI merges them.
         bundle: the bundle folder the macros' paths are relative to (default: the parent of the first
             file's folder, i.e. ``<bundle>/configs/x.json`` -> ``<bundle>``).
+        merge: merge the files as MONAI does (ids such as ``"train#handlers"`` set into the config they
+            extend). ``False`` keeps one file's keys as written (an overlay such as ``distill.json`` read on
+            its own, e.g. to write it elsewhere).
 
     Returns:
         the merged config, a plain ``dict`` for ``ConfigParser(config)`` or ``parser.read_config(config)``.
@@ -72,6 +77,10 @@ def load_bundle_configs(
                 return inline(ConfigParser(ConfigParser.load_config_file(str(root / path)))[ids], depth + 1)
         return value
 
+    if not merge:
+        if len(names) != 1:
+            raise ValueError(f"merge=False reads one file, got {len(names)}.")
+        return inline(ConfigParser.load_config_file(str(names[0])))
     return inline(ConfigParser.load_config_files([str(n) for n in names]))
 
 
@@ -171,7 +180,8 @@ SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
 
 
 def check_settings(
-    settings: Optional[Mapping[str, Any]] = None, checks: Optional[Mapping[str, Callable[[Any, Mapping], Optional[str]]]] = None
+    settings: Optional[Mapping[str, Any]] = None,
+    checks: Optional[Mapping[str, Callable[[Any, Mapping], Optional[str]]]] = None,
 ) -> dict:
     """Check settings against :data:`SETTING_CHECKS`; returns them as a dict.
 

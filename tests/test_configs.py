@@ -90,3 +90,41 @@ def test_inference_json_runs_alone_from_the_bundle_root_on_other_portions(tmp_pa
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert len(list((tmp_path / "eval" / "predictions").glob("*_seg.png"))) == 4
+
+
+def test_run_and_training_are_one_list():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert train["run"] == "@training" and isinstance(train["training"], list)
+    assert "run" not in json.loads((CONFIGS / "multi_gpu_train.json").read_text())  # its training is the run
+    assert json.loads((CONFIGS / "evaluate.json").read_text())["run"] == "@evaluating"
+    # no positional ids ("...#2", "[:3]") in any config
+    for f in CONFIGS.glob("*.json"):
+        text = f.read_text()
+        assert "[:" not in text and "[: " not in text, f.name
+        assert not any(part.isdigit() for key in json.loads(text) for part in key.split("#")), f.name
+
+
+@pytest.mark.slow
+def test_configured_handlers_produce_what_they_are_for(tmp_path):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--bundle_root",
+           str(tmp_path), "--epochs", "1", "--epochQ", "1", "--val_interval", "1", "--demo_size", "64", "--roi_size",
+           "[32,32]", "--network_def#backbone_kwargs#channels", "[4,8,16,32]", "--portions", "[0.5,1.0]"]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    eval_dir, models = tmp_path / "eval", tmp_path / "models"
+    assert "train_loss: " in log  # StatsHandler, every iteration
+    assert "quantization step 2/2: 100.0%" in log  # IncrementalQuantizationHandler, on the configured portions
+    assert "val_mean_dice" in log  # ValidationHandler + the evaluator's StatsHandler
+    assert "- Epoch 3: loss " in log and "(seg " in log and "diversity " in log  # the loss parts, per epoch
+    header = (eval_dir / "training_history.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "loss/seg", "loss/diversity", "val_mean_dice", "lr", "quant_step"} <= set(header)
+    assert (eval_dir / "training_curves.png").is_file()  # TrainingCurvesHandler
+    assert (models / "model.pt").is_file() and (models / "model_best_val.pt").is_file()  # final and key-metric savers
+    assert list((eval_dir / "checkpoints").glob("checkpoint_epoch=*.pt"))  # checkpoint_saver (resumable)
+    assert list(eval_dir.glob("events.out.tfevents.*"))  # TensorBoardStatsHandler
+    assert list((eval_dir / "overlays").glob("*.png"))  # OverlayHandler
+    plan = json.loads((eval_dir / "plan.json").read_text())
+    assert plan["settings"]["portions"] == [0.5, 1.0] and plan["settings"]["roi_size"] == [32, 32]
+    assert plan["fingerprint"]["num_images"] == 16
+    assert "100.0%" in (eval_dir / "quantization_report.txt").read_text()

@@ -11,11 +11,11 @@ from PIL import Image
 
 from qddens_monai.data import (
     create_mr_slice_2d,
-    read_header,
     dataset_fingerprint,
     load_datalist,
     plan_num_samples,
     plan_roi_size,
+    read_header,
     write_demo_3d,
     write_demo_mr_2d,
     write_plan,
@@ -83,7 +83,8 @@ def test_the_bundle_reads_the_headers_once_for_its_plan(mr_set, tmp_path, monkey
     parser = ConfigParser(load_bundle_configs(bundle_dir() / "configs" / "train.json"))
     parser.update({"datalist": items, "output_dir": str(tmp_path), "in_channels": 1})
     reads.clear()
-    assert parser.get_parsed_content("plan#roi_size") == [128, 128] and parser.get_parsed_content("plan#num_samples") == 3
+    assert parser.get_parsed_content("plan#roi_size") == [128, 128]
+    assert parser.get_parsed_content("plan#num_samples") == 3
     write_plan(tmp_path, parser.get_parsed_content("plan"), parser.get_parsed_content("fingerprint"))
     assert len(reads) == len(items)  # one header read per image for the whole plan
     assert json.loads((tmp_path / "plan.json").read_text())["fingerprint"] == fingerprint

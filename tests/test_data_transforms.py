@@ -67,8 +67,9 @@ def test_named_config_steps_equal_the_builders(modality, num_classes):
     image, label = rng.normal(100, 80, (2, 6, 5)), rng.integers(0, num_classes, (1, 6, 5)).astype(float)
     if num_classes == 2:
         label *= 255.0  # a 0/255 PNG label
-    built = run(label_transform("label", num_classes=num_classes) + intensity_normalization(modality), image=image, label=label)
-    named = run([ClassIndicesd("label", num_classes=num_classes), NormalizeModalityd("image", modality)], image=image, label=label)
+    built = label_transform("label", num_classes=num_classes) + intensity_normalization(modality)
+    named = [ClassIndicesd("label", num_classes=num_classes), NormalizeModalityd("image", modality)]
+    built, named = run(built, image=image, label=label), run(named, image=image, label=label)
     for key in ("image", "label"):
         assert named[key].dtype == built[key].dtype and torch.equal(named[key], built[key]), key
     with pytest.raises(ValueError, match="Unknown modality 'pet'"):

@@ -90,7 +90,7 @@ def plan_roi_size(
 ) -> list[int]:
     """The crop / sliding-window size for ``datalist``: median image size, multiple of ``divisor``, capped.
 
-    Config use: ``"$qddens_monai.data.plan_roi_size(@fingerprint, @spatial_dims) if @roi_size == 'auto' else @roi_size"``.
+    Config use: ``"$qddens_monai.data.plan_roi_size(@fingerprint, @spatial_dims)"`` (when ``roi_size`` is ``"auto"``).
 
     Args:
         datalist: the training datalist (``[{"image": path, ...}]``), or its :func:`dataset_fingerprint`.

@@ -312,7 +312,7 @@ def _build(
     if not student:
         for f in sorted(src.glob("*.json")):
             if f.name not in ("inference.json", "metadata.json", "inference_student.json"):
-                _write_json(configs / f.name, rewrite_config(load_bundle_configs(f, bundle_dir)))
+                _write_json(configs / f.name, rewrite_config(load_bundle_configs(f, bundle_dir, merge=False)))
 
     # Weights: the checked state dict, TorchScript of the frozen network, packed low-bit weights.
     torch.save(network.state_dict(), models / "model.pt")

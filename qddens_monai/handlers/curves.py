@@ -265,7 +265,8 @@ class TrainingCurvesHandler:
         parts = {k[5:]: v for k, v in row.items() if k.startswith("loss/") and "/" not in k[5:] and k != "loss/total"}
         if "loss" in row or parts:
             text = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-            self.logger.info(f"Epoch {epoch}: loss {row.get('loss', float('nan')):.4g}" + (f" ({text})" if text else ""))
+            loss = row.get("loss", float("nan"))
+            self.logger.info(f"Epoch {epoch}: loss {loss:.4g}" + (f" ({text})" if text else ""))
 
     def _completed(self, engine: Engine) -> None:
         if self._drawn != self._last_written:  # the last epoch's figure was skipped by figure_interval

@@ -148,7 +148,8 @@ class IncrementalQuantizationHandler:
         if self.portions is None:
             return
         rounded = tuple(round(p, 6) for p in self.portions)
-        other = {q.portion_values for _, _, q in quantized_layers(self.network) if isinstance(q, IncrementalQuantization)}
+        layers = [q for _, _, q in quantized_layers(self.network) if isinstance(q, IncrementalQuantization)]
+        other = {q.portion_values for q in layers}
         other.discard(rounded)
         if other:
             raise RuntimeError(

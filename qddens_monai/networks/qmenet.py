@@ -106,8 +106,7 @@ class QMENet(nn.Module):
         quantization: a preset name (``"qme_net"``, ``"qdd_ens"``, ``"float"``) or one dict of
             :func:`~qddens_monai.quantization.quantize_network` arguments (or ``None``) per learner.
         portions: accumulated portions of the incremental schedule, for learners whose
-            settings do not give their own; ``None``: the default ones. A checkpoint brings its own
-            (they are buffers), so inference can build the network with ``None`` whatever the training used.
+            settings do not give their own.
         output: eval-mode output, ``"mean"`` (all K learners) or ``"meta"``.
         activation: the heads' activation, ``"softmax"`` or ``"sigmoid"``.
         reduction: squeeze-excitation reduction ratio of the fusion blocks.
@@ -129,7 +128,7 @@ class QMENet(nn.Module):
         levels: Optional[Sequence[Optional[Sequence[Any]]]] = None,
         fusion_roles: Optional[Sequence[str]] = None,
         quantization: Union[str, Sequence[Optional[Mapping[str, Any]]], None] = "qme_net",
-        portions: Optional[Sequence[float]] = DEFAULT_PORTIONS,
+        portions: Sequence[float] = DEFAULT_PORTIONS,
         output: str = "mean",
         activation: str = "softmax",
         reduction: int = 16,
@@ -156,7 +155,6 @@ class QMENet(nn.Module):
             raise ValueError("an ensemble needs at least one base learner and a meta learner.")
         settings = quantization_preset(quantization, num_learners) if isinstance(quantization, str) else quantization
         settings = _as_list(settings, num_learners, "quantization")
-        portions = DEFAULT_PORTIONS if portions is None else portions
         levels = _as_list(levels, num_learners, "levels")
         # Staged when every learner is (explicit level names need hooks): adapters share the learners'
         # submodules under their own names, so the state dict is the same either way.
