@@ -62,7 +62,8 @@ def test_metadata_is_complete():
 
 
 @pytest.mark.parametrize("workflow_type,configs", [("train", ["train.json"]), ("infer", ["inference.json"])])
-def test_check_properties(tmp_path, workflow_type, configs):
+def test_check_properties(tmp_path, monkeypatch, workflow_type, configs):
+    monkeypatch.chdir(BUNDLE)  # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from here
     files = [str(CONFIGS / c) for c in configs]
     workflow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
