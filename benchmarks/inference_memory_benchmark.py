@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         write_volumes(work / "data" / "imagesTs", args.volumes, args.size)
         overrides = {"roi_size": [args.roi] * 3, "dataset_dir": str(work / "data"), "output_dir": str(work / "pred"),
                      "image_glob": "imagesTs/*.nii.gz", "device": torch.device("cpu")}
+        # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from the bundle folder
+        args.plot, args.json = (os.path.abspath(a) if a else a for a in (args.plot, args.json))
+        os.chdir(BUNDLE)
         workflow = ConfigWorkflow(
             config_file=[str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "3d.json")],
             workflow_type="infer", bundle_root=str(work), **overrides,
