@@ -47,6 +47,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import LoadImage
 from torch import nn
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.data import ensure_demo_data, label_transform
 from qddens_monai.export import OnnxRuntimeNetwork, export_onnx, mask_dice, quantize_onnx_int8
 from qddens_monai.export.zoo import load_bundle_network
@@ -70,7 +71,7 @@ DICE_TOLERANCE = 0.01
 
 def parse(configs: list[str], overrides: dict[str, Any]) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.read_config(load_bundle_configs([CONFIGS / c for c in configs]))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", **overrides})
     return parser
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -79,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         write_volumes(work / "data" / "imagesTs", args.volumes, args.size)
         overrides = {"roi_size": [args.roi] * 3, "dataset_dir": str(work / "data"), "output_dir": str(work / "pred"),
                      "image_glob": "imagesTs/*.nii.gz", "device": torch.device("cpu")}
+        # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from the bundle folder
+        args.plot, args.json = (os.path.abspath(a) if a else a for a in (args.plot, args.json))
+        os.chdir(BUNDLE)
         workflow = ConfigWorkflow(
             config_file=[str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "3d.json")],
             workflow_type="infer", bundle_root=str(work), **overrides,
         )
         (work / "models").mkdir()
         torch.save(workflow.parser.get_parsed_content("network_def").state_dict(), work / "models" / "model.pt")
-        workflow.parser["postprocessing#transforms#2#print_log"] = False
+        workflow.parser["save_prediction#print_log"] = False
         workflow.initialize()
         samples: list[float] = []
         evaluator = workflow.parser.get_parsed_content("evaluator")

@@ -1,22 +1,24 @@
-"""Where the repository's bundle is, and type and range checks of a bundle's user-facing settings.
+"""Where the repository's bundle is, how its configs are read, and type and range checks of their settings.
 
 MONAI's runner hands command-line overrides to the config as Python values parsed by ``fire``: ``--epochs
 abc`` arrives as the string ``'abc'`` and would fail much later, deep inside an expression, with a
-message that names neither the setting nor the flag. The configs gather their settings in a
-``settings`` section of references (``"settings": {"epochs": "@epochs", ...}``) and call
-``"$qddens_monai.config.check_settings(@settings)"`` first in ``initialize``: every wrong value is
-reported at once, as ``--name: what was expected, what was given``, before any file is read or written.
+message that names neither the setting nor the flag. Each setting lives in one place, its top-level key
+(``"epochs": 60``), and its check in :data:`SETTING_CHECKS`; the configs' ``"settings":
+"$qddens_monai.config.check_settings()"`` reads every top-level key of the running config that has a
+check, and ``initialize`` resolves it first: every wrong value is reported at once, as ``--name: what was
+expected, what was given``, before any file is read or written.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
-__all__ = ["REPOSITORY", "bundle_dir", "SettingsError", "SETTING_CHECKS", "check_settings"]
+__all__ = ["REPOSITORY", "bundle_dir", "load_bundle_configs", "SettingsError", "SETTING_CHECKS", "check_settings"]
 
 #: the repository ``qddens_monai`` is installed from (editable install): it holds ``bundle/``, ``LICENSE``, ``docs/``
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -31,6 +33,55 @@ def bundle_dir() -> Path:
             "or pass the bundle folder explicitly."
         )
     return path
+
+
+def load_bundle_configs(
+    files: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    bundle: Union[str, os.PathLike, None] = None,
+    merge: bool = True,
+) -> dict:
+    """MONAI's ``ConfigParser.load_config_files(files)`` with the file macros inlined from the bundle folder.
+
+    The configs share one ``network_def``: ``inference.json`` holds ``"%configs/train.json#network_def"``.
+    MONAI resolves such a macro relative to the working directory, which is the bundle folder when
+    ``python -m monai.bundle run`` is started there as documented; code that reads the configs from
+    elsewhere (export, MONAI Label, tests) reads them through this function, which replaces every
+    ``"%<relative path>#<id>"`` by that content of ``bundle/<relative path>``.
+
+    Args:
+        files: config files, merged in order as MONAI merges them.
+        bundle: the bundle folder the macros' paths are relative to (default: the parent of the first
+            file's folder, i.e. ``<bundle>/configs/x.json`` -> ``<bundle>``).
+        merge: merge the files as MONAI does (ids such as ``"train#handlers"`` set into the config they
+            extend). ``False`` keeps one file's keys as written (an overlay such as ``distill.json`` read on
+            its own, e.g. to write it elsewhere).
+
+    Returns:
+        the merged config, a plain ``dict`` for ``ConfigParser(config)`` or ``parser.read_config(config)``.
+    """
+    from monai.bundle import ConfigParser
+
+    names = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    root = Path(bundle) if bundle is not None else Path(names[0]).resolve().parent.parent
+
+    def inline(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, dict):
+            return {k: inline(v, depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [inline(v, depth) for v in value]
+        if isinstance(value, str) and value.startswith("%"):
+            path, ids = ConfigParser.split_path_id(value[1:])
+            if path and not os.path.isabs(path):
+                if depth > 8:
+                    raise ValueError(f"config macro {value!r}: macros nested more than 8 deep (a cycle?).")
+                return inline(ConfigParser(ConfigParser.load_config_file(str(root / path)))[ids], depth + 1)
+        return value
+
+    if not merge:
+        if len(names) != 1:
+            raise ValueError(f"merge=False reads one file, got {len(names)}.")
+        return inline(ConfigParser.load_config_file(str(names[0])))
+    return inline(ConfigParser.load_config_files([str(n) for n in names]))
 
 
 class SettingsError(ValueError):
@@ -128,17 +179,25 @@ SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
 }
 
 
-def check_settings(settings: Mapping[str, Any], checks: Mapping[str, Callable[[Any, Mapping], str | None]] | None = None) -> dict:
-    """Check ``settings`` (resolved values by name) against :data:`SETTING_CHECKS`; returns them as a dict.
+def check_settings(
+    settings: Optional[Mapping[str, Any]] = None,
+    checks: Optional[Mapping[str, Callable[[Any, Mapping], Optional[str]]]] = None,
+) -> dict:
+    """Check settings against :data:`SETTING_CHECKS`; returns them as a dict.
 
     Args:
-        settings: ``{name: value}``; names without a check are accepted as they are.
+        settings: ``{name: value}``; names without a check are accepted as they are. ``None`` (the bundle
+            configs' ``"$qddens_monai.config.check_settings()"``): the top-level keys of the config being
+            resolved that have a check, resolved (so command-line overrides included).
         checks: other checks (default :data:`SETTING_CHECKS`).
 
     Raises:
         SettingsError: naming every wrong setting, what it must be and the value and type given.
+        TypeError: ``settings`` omitted outside a MONAI bundle config.
     """
     checks = SETTING_CHECKS if checks is None else checks
+    if settings is None:
+        settings = _config_settings(checks)
     problems = []
     for name, value in settings.items():
         check = checks.get(name)
@@ -148,3 +207,19 @@ def check_settings(settings: Mapping[str, Any], checks: Mapping[str, Callable[[A
     if problems:
         raise SettingsError(problems)
     return dict(settings)
+
+
+def _config_settings(checks: Mapping[str, Any]) -> dict:
+    # A "$" expression sees only the ids it names; the config being resolved is the ReferenceResolver
+    # evaluating it, found up the stack, whose items are every id of the (merged, overridden) config.
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    frame = inspect.currentframe()
+    while frame is not None and not isinstance(frame.f_locals.get("self"), ReferenceResolver):
+        frame = frame.f_back
+    if frame is None:
+        raise TypeError("check_settings() without settings reads the MONAI bundle config it is evaluated in; "
+                        "called from Python, pass the settings mapping.")
+    resolver = frame.f_locals["self"]
+    del frame
+    return {name: resolver.get_resolved_content(name) for name in checks if name in resolver.items}

@@ -14,6 +14,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.data import write_dicom_series
 
 # subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
@@ -23,9 +24,17 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "roi_size": [16, 16, 16]}
 
 
+def tiny_network(parser, tmp_path):
+    """A config file holding the tiny ``network_def``: inference.json's network_def is a file macro
+    (``%configs/train.json#network_def``), so its nested keys cannot be overridden on the command line."""
+    path = tmp_path / "tiny_network.json"
+    path.write_text(json.dumps({"network_def": parser["network_def"]}))
+    return str(path)
+
+
 def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "3d.json")])
+    parser.read_config(load_bundle_configs([BUNDLE / "configs" / "inference.json", BUNDLE / "configs" / "3d.json"]))
     for key, value in TINY.items():
         parser[key] = value
     (tmp_path / "models").mkdir()
@@ -61,11 +70,9 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
     (out / "nan_seg.nii.gz").write_bytes(b"an earlier prediction")  # must survive: nan.nii.gz is skipped
     earlier = hashlib.sha256((out / "nan_seg.nii.gz").read_bytes()).hexdigest()
 
-    configs = json.dumps(["configs/inference.json", "configs/3d.json"])
+    configs = json.dumps(["configs/inference.json", "configs/3d.json", tiny_network(parser, tmp_path)])
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tmp_path),
-           "--dataset_dir", str(tmp_path / "data"), "--image_glob", "imagesTs/*"]
-    for key, value in TINY.items():
-        cmd += [f"--{key}", json.dumps(value)]
+           "--dataset_dir", str(tmp_path / "data"), "--image_glob", "imagesTs/*", "--roi_size", "[16,16,16]"]
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = proc.stdout + proc.stderr
@@ -89,17 +96,19 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
 
 def _run_2d_inference(tmp_path, images, num_classes):
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
     tiny = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "in_channels": 1, "modality": "mr",
             "num_classes": num_classes, "roi_size": [32, 32]}
     for key, value in tiny.items():
         parser[key] = value
     (tmp_path / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+    configs = json.dumps(["configs/inference.json", tiny_network(parser, tmp_path)])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
            "--bundle_root", str(tmp_path), "--dataset_dir", str(images.parent), "--image_glob", "imagesTs/*"]
     for key, value in tiny.items():
-        cmd += [f"--{key}", json.dumps(value)]
+        if not key.startswith("network_def#"):
+            cmd += [f"--{key}", json.dumps(value)]
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

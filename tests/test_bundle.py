@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.data import write_dicom_series
 
 # subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
@@ -61,7 +62,8 @@ def test_metadata_is_complete():
 
 
 @pytest.mark.parametrize("workflow_type,configs", [("train", ["train.json"]), ("infer", ["inference.json"])])
-def test_check_properties(tmp_path, workflow_type, configs):
+def test_check_properties(tmp_path, monkeypatch, workflow_type, configs):
+    monkeypatch.chdir(BUNDLE)  # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from here
     files = [str(CONFIGS / c) for c in configs]
     workflow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
@@ -104,8 +106,7 @@ def test_train_resume_evaluate_infer_2d(trained_2d):
 
 def test_shipped_or_trained_checkpoint_matches_network_def_exactly(trained_2d):
     root, _ = trained_2d
-    parser = ConfigParser.load_config_file(str(CONFIGS / "inference.json"))
-    config = ConfigParser(parser)
+    config = ConfigParser(load_bundle_configs(CONFIGS / "inference.json"))  # network_def from train.json
     net = config.get_parsed_content("network_def")
     for path in (root / "models" / "model.pt", BUNDLE / "models" / "model.pt"):
         assert path.is_file(), f"{path} is missing"  # both must exist: the trained and the shipped weights

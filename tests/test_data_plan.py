@@ -15,6 +15,7 @@ from qddens_monai.data import (
     load_datalist,
     plan_num_samples,
     plan_roi_size,
+    read_header,
     write_demo_3d,
     write_demo_mr_2d,
     write_plan,
@@ -66,6 +67,27 @@ def test_write_plan_keeps_settings_and_fingerprint(mr_set, tmp_path):
     plan = json.loads(open(path).read())
     assert plan["settings"] == {"roi_size": [128, 128], "epochs": 3}
     assert plan["fingerprint"]["median_size"] == [200, 232]
+
+
+def test_the_bundle_reads_the_headers_once_for_its_plan(mr_set, tmp_path, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    import qddens_monai.data.plan as plan
+    from qddens_monai.config import bundle_dir, load_bundle_configs
+
+    reads = []
+    monkeypatch.setattr(plan, "read_header", lambda path: reads.append(path) or read_header(path))
+    items = load_datalist(mr_set, "training")
+    fingerprint = dataset_fingerprint(items)  # the same, from a fingerprint or from the datalist
+    assert plan_roi_size(fingerprint, 2) == plan_roi_size(items, 2) and plan_num_samples(fingerprint, [128, 128]) == 3
+    parser = ConfigParser(load_bundle_configs(bundle_dir() / "configs" / "train.json"))
+    parser.update({"datalist": items, "output_dir": str(tmp_path), "in_channels": 1})
+    reads.clear()
+    assert parser.get_parsed_content("plan#roi_size") == [128, 128]
+    assert parser.get_parsed_content("plan#num_samples") == 3
+    write_plan(tmp_path, parser.get_parsed_content("plan"), parser.get_parsed_content("fingerprint"))
+    assert len(reads) == len(items)  # one header read per image for the whole plan
+    assert json.loads((tmp_path / "plan.json").read_text())["fingerprint"] == fingerprint
 
 
 def test_mr_slice_classes_and_determinism():

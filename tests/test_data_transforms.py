@@ -56,3 +56,22 @@ def test_label_transform_binary_and_multiclass():
     multi = np.array([[[0.0, 1.0, 2.0, 3.0]]])
     out = run(label_transform("label", num_classes=4), label=multi)["label"]
     assert out.dtype == torch.float32 and out.tolist() == multi.tolist()
+
+
+@pytest.mark.parametrize("modality", ["ct", "MRI", "rgb", "rgb_minmax", "none"])
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_named_config_steps_equal_the_builders(modality, num_classes):
+    from qddens_monai.data import ClassIndicesd, NormalizeModalityd
+
+    rng = np.random.default_rng(1)
+    image, label = rng.normal(100, 80, (2, 6, 5)), rng.integers(0, num_classes, (1, 6, 5)).astype(float)
+    if num_classes == 2:
+        label *= 255.0  # a 0/255 PNG label
+    built = label_transform("label", num_classes=num_classes) + intensity_normalization(modality)
+    named = [ClassIndicesd("label", num_classes=num_classes), NormalizeModalityd("image", modality)]
+    built, named = run(built, image=image, label=label), run(named, image=image, label=label)
+    for key in ("image", "label"):
+        assert named[key].dtype == built[key].dtype and torch.equal(named[key], built[key]), key
+    with pytest.raises(ValueError, match="Unknown modality 'pet'"):
+        NormalizeModalityd("image", "pet")
+    run([ClassIndicesd("mask", allow_missing_keys=True)], label=label)  # an optional FOV mask

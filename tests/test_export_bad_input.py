@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.export import check_zoo_name, export_zoo
 from qddens_monai.networks import CENet
 
@@ -28,7 +29,7 @@ def _bundle_copy(root: Path) -> Path:
 
 def _fresh_network():
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
     return parser.get_parsed_content("network_def")
 
 

@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import load_net_with_metadata
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.data import MAX_ROI_SIZE, ensure_demo_data
 from qddens_monai.export import OnnxRuntimeNetwork, check_metadata, export_zoo, load_bundle_network
 from qddens_monai.export.metadata import installed_version
@@ -125,7 +126,7 @@ def test_torchscript_and_packed_start_reproduce_the_eager_model(exported):
         ts, meta, _ = load_net_with_metadata(str(exported.folder / "models" / "model.ts"))
         torch.testing.assert_close(ts(x), expected, atol=1e-5, rtol=1e-5)
         parser = ConfigParser()
-        parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+        parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
         packed = load_packed_network(parser.get_parsed_content("network_def"), exported.folder / "models" / "model_packed.bin")
         assert torch.equal(packed.eval()(x), expected)  # bit-identical weights
     assert meta["version"] == json.loads((exported.folder / "configs" / "metadata.json").read_text())["version"]

@@ -161,3 +161,50 @@ def test_state_round_trips_through_state_dict_mid_schedule():
     quantization_step(a), quantization_step(b)
     for (n, la, qa), (_, lb, qb) in zip(quantized_layers(a), quantized_layers(b)):
         assert torch.equal(qa.mask, qb.mask) and torch.equal(la.weight, lb.weight), n
+
+
+@pytest.mark.parametrize("scheduler", ["torch", "monai", "ignite"])
+def test_a_learning_rate_scheduler_is_refused_when_the_handler_sets_the_lr(scheduler):
+    from ignite.engine import Engine, Events
+    from ignite.handlers import LinearCyclicalScheduler
+    from monai.handlers import LrScheduleHandler
+
+    from qddens_monai.handlers import IncrementalQuantizationHandler
+
+    def run(reset_lr, lr_decay):
+        net = quantize_network(nn.Sequential(nn.Conv2d(1, 2, 3)), bits=5)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        engine = Engine(lambda e, b: None)
+        IncrementalQuantizationHandler(net, 1, 1, optimizer=opt, reset_lr=reset_lr, lr_decay=lr_decay).attach(engine)
+        if scheduler == "torch":  # a plain PyTorch scheduler stepped by the user's own code
+            torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+        elif scheduler == "monai":
+            LrScheduleHandler(torch.optim.lr_scheduler.StepLR(opt, step_size=1)).attach(engine)
+        else:
+            engine.add_event_handler(Events.ITERATION_STARTED, LinearCyclicalScheduler(opt, "lr", 0.1, 0.01, 4))
+        engine.run([0, 1], max_epochs=2)
+        return opt
+
+    with pytest.raises(RuntimeError, match="would fight the learning-rate scheduler"):
+        run(True, 1.0)
+    with pytest.raises(RuntimeError, match="lr_decay=0.5"):
+        run(False, 0.5)
+    run(False, 1.0)  # the handler leaves the learning rate alone: the scheduler owns it
+
+
+def test_the_schedule_is_state_set_before_the_first_step_and_carried_by_the_state_dict():
+    from qddens_monai.quantization import set_portions
+
+    net = quantize_network(small_unet(), bits=5)
+    assert quantization_progress(net) == (0, 4)
+    set_portions(net, [0.5, 1.0])
+    quantization_step(net)
+    assert quantization_progress(net) == (1, 2)
+    set_portions(net, (0.5, 1.0))  # the same schedule: accepted
+    with pytest.raises(ValueError, match=r"at step 1 of the schedule \[0.5, 1.0\]"):
+        set_portions(net, [0.3, 0.6, 0.8, 1.0])
+    fresh = quantize_network(small_unet(), bits=5)  # built with the default 4 portions
+    fresh.load_state_dict(net.state_dict())
+    assert quantization_progress(fresh) == (1, 2)
+    quantization_step(fresh)
+    assert is_quantization_complete(fresh)

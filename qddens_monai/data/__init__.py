@@ -19,7 +19,14 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ".phantoms": ["create_mr_slice_2d", "write_demo_mr_2d"],
         ".plan": ["MAX_ROI_SIZE", "dataset_fingerprint", "plan_num_samples", "plan_roi_size", "write_plan"],
         ".screen": ["InferenceInputError", "InputScreen"],
-        ".transforms": ["MODALITIES", "MODALITY_ALIASES", "intensity_normalization", "label_transform"],
+        ".transforms": [
+            "MODALITIES",
+            "MODALITY_ALIASES",
+            "ClassIndicesd",
+            "NormalizeModalityd",
+            "intensity_normalization",
+            "label_transform",
+        ],
         ".vessels": ["create_vessel_image_2d"],
     },
 )

@@ -4,9 +4,10 @@ The bundle's crop (and sliding-window) size used to be a fixed 64 x 64: on ~200 
 cost 0.013 Dice against 128 x 128 crops. :func:`plan_roi_size` derives it from the training images'
 sizes instead: per axis the median image size, rounded down to a multiple of ``divisor`` (the
 networks' total down-sampling), capped at ``max_size`` (CPU time and memory grow with the crop), never
-below ``divisor``. The fingerprint behind it (image sizes and channels, label values when
-``num_classes`` is checked elsewhere) is read from the file headers only (:func:`read_header`), so
-planning costs no voxel decoding. :func:`write_plan` saves the plan beside the model.
+below ``divisor``. The fingerprint behind it (:func:`dataset_fingerprint`: the images' sizes, channels and
+voxel spacing) is read from the file headers only (:func:`read_header`), so planning costs no voxel
+decoding, and only once: the bundle's ``"fingerprint"`` entry is passed to :func:`plan_roi_size`,
+:func:`plan_num_samples` and :func:`write_plan`, which saves the plan beside the model.
 
 In the bundle, ``roi_size`` and ``num_samples`` are ``"auto"`` by default and the ``plan`` section resolves
 them (``"@plan#roi_size"``); a user's ``--roi_size [96,96]`` / ``--num_samples 2`` is used as given.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -73,18 +74,26 @@ def dataset_fingerprint(datalist: Sequence[dict], image_key: str = "image") -> d
     }
 
 
+DataOrFingerprint = Union[Sequence[dict], Mapping[str, Any]]
+
+
+def _fingerprint(data: DataOrFingerprint) -> Mapping[str, Any]:
+    # a fingerprint already read (a mapping), or the datalist to read it from
+    return data if isinstance(data, Mapping) else dataset_fingerprint(data)
+
+
 def plan_roi_size(
-    datalist: Sequence[dict],
+    datalist: DataOrFingerprint,
     spatial_dims: int,
     max_size: Union[int, Sequence[int], None] = None,
     divisor: int = 16,
 ) -> list[int]:
     """The crop / sliding-window size for ``datalist``: median image size, multiple of ``divisor``, capped.
 
-    Config use: ``"$qddens_monai.data.plan_roi_size(@datalist, @spatial_dims) if @roi_size == 'auto' else @roi_size"``.
+    Config use: ``"$qddens_monai.data.plan_roi_size(@fingerprint, @spatial_dims)"`` (when ``roi_size`` is ``"auto"``).
 
     Args:
-        datalist: the training datalist (``[{"image": path, ...}]``).
+        datalist: the training datalist (``[{"image": path, ...}]``), or its :func:`dataset_fingerprint`.
         spatial_dims: 2 or 3; the images' trailing ``spatial_dims`` axes are planned.
         max_size: cap per axis (default :data:`MAX_ROI_SIZE`).
         divisor: every edge is a multiple of it (16 covers four 2x down-samplings).
@@ -92,7 +101,7 @@ def plan_roi_size(
     Returns:
         ``spatial_dims`` positive integers.
     """
-    fingerprint = dataset_fingerprint(datalist)
+    fingerprint = _fingerprint(datalist)
     cap = MAX_ROI_SIZE.get(spatial_dims, 64) if max_size is None else max_size
     caps = [int(cap)] * spatial_dims if isinstance(cap, (int, np.integer)) else [int(c) for c in cap]
     if fingerprint["median_size"] is None:  # nothing readable: the data check that follows says why
@@ -103,14 +112,15 @@ def plan_roi_size(
     return roi
 
 
-def plan_num_samples(datalist: Sequence[dict], roi_size: Sequence[int], max_samples: int = 4) -> int:
+def plan_num_samples(datalist: DataOrFingerprint, roi_size: Sequence[int], max_samples: int = 4) -> int:
     """Random crops per image and epoch: how many ``roi_size`` crops the median image holds, in ``[1, max_samples]``.
 
     A crop as large as the image gives one sample (four crops of a whole image would be four copies).
 
-    Config use: ``"$qddens_monai.data.plan_num_samples(@datalist, @plan#roi_size)"`` (when ``num_samples`` is ``"auto"``).
+    Config use: ``"$qddens_monai.data.plan_num_samples(@fingerprint, @plan#roi_size)"`` (when ``num_samples`` is
+    ``"auto"``); ``datalist`` is the training datalist or its :func:`dataset_fingerprint`.
     """
-    median = dataset_fingerprint(datalist)["median_size"]
+    median = _fingerprint(datalist)["median_size"]
     if median is None:  # nothing readable: the data check that follows says why
         return 1
     median = median[-len(roi_size):]
@@ -118,14 +128,18 @@ def plan_num_samples(datalist: Sequence[dict], roi_size: Sequence[int], max_samp
     return int(min(max_samples, max(1, round(ratio))))
 
 
-def write_plan(output_dir: Union[str, os.PathLike], settings: dict, datalist: Optional[Sequence[dict]] = None) -> str:
+def write_plan(
+    output_dir: Union[str, os.PathLike], settings: dict, datalist: Optional[DataOrFingerprint] = None
+) -> str:
     """Write ``output_dir/plan.json``: the settings a run used and the fingerprint of its data; returns the path.
+
+    ``datalist`` is the training datalist or its :func:`dataset_fingerprint` (read once by the bundle).
 
     Written atomically, so a reader never sees half a file.
     """
     plan: dict[str, Any] = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str, list, bool))}}
     if datalist is not None:
-        plan["fingerprint"] = dataset_fingerprint(datalist)
+        plan["fingerprint"] = dict(_fingerprint(datalist))
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "plan.json")
     tmp = path + ".tmp"

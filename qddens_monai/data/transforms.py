@@ -1,18 +1,23 @@
-"""Thin builders of the MONAI transform chains the bundle's configs share.
+"""The two data-dependent steps of the bundle's preprocessing, as named MONAI dictionary transforms.
 
-They return lists so that configs can concatenate them::
+- :class:`ClassIndicesd`: label maps to class indices (0/255 PNG and 0/1 NIfTI binary labels both give 0/1);
+- :class:`NormalizeModalityd`: the intensity normalization of the image's modality (CT window, MR z-score, 8-bit RGB).
 
-    "transforms": "$[monai.transforms.LoadImaged(keys=['image', 'label', 'mask'], image_only=True, allow_missing_keys=True),
-                     monai.transforms.EnsureChannelFirstd(keys=['image', 'label', 'mask'], allow_missing_keys=True)]
-                   + qddens_monai.data.label_transform('label', num_classes=@num_classes)
-                   + qddens_monai.data.label_transform('mask', num_classes=2, allow_missing_keys=True)
-                   + qddens_monai.data.intensity_normalization(@modality)"
+The configs list them by ``_target_`` beside MONAI's own transforms, so a chain reads top to bottom::
+
+    {"_target_": "LoadImaged", "keys": ["image", "label"], "image_only": true},
+    {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+    {"_target_": "qddens_monai.data.ClassIndicesd", "keys": "label", "num_classes": "@num_classes"},
+    {"_target_": "qddens_monai.data.NormalizeModalityd", "keys": "image", "modality": "@modality"}
+
+Each runs the MONAI transform(s) that :func:`label_transform` / :func:`intensity_normalization` return (the
+same objects, in the same order), so the two forms give identical data; the functions stay for Python use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Union
 
 from monai.transforms import (
     AsDiscreted,
@@ -21,9 +26,17 @@ from monai.transforms import (
     NormalizeIntensityd,
     ScaleIntensityd,
     ScaleIntensityRanged,
+    Transform,
 )
 
-__all__ = ["MODALITIES", "MODALITY_ALIASES", "intensity_normalization", "label_transform"]
+__all__ = [
+    "MODALITIES",
+    "MODALITY_ALIASES",
+    "intensity_normalization",
+    "label_transform",
+    "ClassIndicesd",
+    "NormalizeModalityd",
+]
 
 #: Intensity normalizations: CT window, MR z-score, 8-bit RGB, RGB min-max per channel, none.
 MODALITIES = ("ct", "mr", "rgb", "rgb_minmax", "none")
@@ -90,3 +103,52 @@ def label_transform(
     if num_classes == 2:
         return [AsDiscreted(keys, threshold=0.5, allow_missing_keys=allow_missing_keys)]
     return [CastToTyped(keys, dtype="float32", allow_missing_keys=allow_missing_keys)]
+
+
+class _Steps(Transform):
+    """A named dictionary transform made of a fixed list of MONAI dictionary transforms, applied in order."""
+
+    def __init__(self, steps: list[MapTransform]) -> None:
+        self.steps = steps
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for step in self.steps:
+            d = step(d)
+        return d
+
+
+class ClassIndicesd(_Steps):
+    """Label maps to class indices, a bundle preprocessing step (:func:`label_transform` as one transform).
+
+    ``num_classes`` 2: thresholded at 0.5 (:class:`~monai.transforms.AsDiscreted`), so 0/255 PNG labels and
+    0/1 NIfTI labels both give 0/1; more classes: the values are class indices already, cast to float32.
+
+    Args:
+        keys: the label (or FOV mask) keys.
+        num_classes: classes including the background.
+        allow_missing_keys: skip keys a sample does not have (e.g. an optional FOV mask).
+    """
+
+    def __init__(self, keys: KeysType = ("label",), num_classes: int = 2, allow_missing_keys: bool = False) -> None:
+        super().__init__(label_transform(keys, num_classes=num_classes, allow_missing_keys=allow_missing_keys))
+
+
+class NormalizeModalityd(_Steps):
+    """The intensity normalization of ``modality``, a bundle preprocessing step (:func:`intensity_normalization`).
+
+    Args:
+        keys: the image keys.
+        modality: one of :data:`MODALITIES` or an alias (:data:`MODALITY_ALIASES`); unknown ones raise a ``ValueError``.
+        ct_window: the CT window ``(low, high)`` in Hounsfield units.
+        allow_missing_keys: skip keys a sample does not have.
+    """
+
+    def __init__(
+        self,
+        keys: KeysType = ("image",),
+        modality: str = "none",
+        ct_window: Sequence[float] = (-175.0, 250.0),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(intensity_normalization(modality, keys, ct_window, allow_missing_keys))

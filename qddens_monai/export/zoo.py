@@ -27,7 +27,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import RandSpatialCropSamples, SpatialPad
 from torch import nn
 
-from qddens_monai.config import REPOSITORY
+from qddens_monai.config import REPOSITORY, load_bundle_configs
 from qddens_monai.config import bundle_dir as repository_bundle_dir
 from qddens_monai.export.dependencies import bundle_dependencies
 from qddens_monai.export.metadata import build_metadata
@@ -112,7 +112,7 @@ def load_bundle_network(
     """
     bundle_dir = Path(bundle_dir)
     parser = ConfigParser()
-    parser.read_config([str(f) for f in _source_configs(bundle_dir, student)])
+    parser.read_config(load_bundle_configs(_source_configs(bundle_dir, student), bundle_dir))
     parser.update({"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')", **(overrides or {})})
     network = parser.get_parsed_content("network_def")
     load_checkpoint(network, checkpoint)
@@ -300,9 +300,10 @@ def _build(
         d.mkdir(parents=True)
     result = ExportResult(tmp, tmp)
 
-    # Configs: the bundle's own, with module names pointing at the vendored package.
+    # Configs: the bundle's own, with module names pointing at the vendored package and the file macros
+    # ("%configs/train.json#network_def") inlined: the Model Zoo's CI reads them from its repository's root.
     src = bundle_dir / "configs"
-    inference = ConfigParser.load_config_files([str(f) for f in _source_configs(bundle_dir, student)])
+    inference = load_bundle_configs(_source_configs(bundle_dir, student), bundle_dir)
     inference["model_path"] = "$@bundle_root + '/models/model.pt'"
     inference["output_dir"] = "$@bundle_root + '/eval/predictions'"
     _write_json(configs / "inference.json", rewrite_config(inference))
@@ -310,10 +311,10 @@ def _build(
     if not student:
         for f in sorted(src.glob("*.json")):
             if f.name not in ("inference.json", "metadata.json", "inference_student.json"):
-                _write_json(configs / f.name, rewrite_config(json.loads(f.read_text())))
+                _write_json(configs / f.name, rewrite_config(load_bundle_configs(f, bundle_dir, merge=False)))
     for extra, wanted in (("inference_packed.json", quantized), ("inference_onnx.json", onnx)):
         if wanted:
-            _write_json(configs / extra, rewrite_config(json.loads((src / extra).read_text())))
+            _write_json(configs / extra, rewrite_config(load_bundle_configs(src / extra, bundle_dir, merge=False)))
     vendor_package(tmp)  # only the modules the written configs import
 
     # Weights: the checked state dict, TorchScript of the frozen network, packed low-bit weights.

@@ -58,7 +58,10 @@ class TrainingCurvesHandler:
 
     - ``loss``: the mean over the epoch's iterations of ``output_transform(engine.state.output)``;
     - ``loss/<part>``: the epoch means of the parts returned by ``loss_parts(engine.state.output)``,
-      e.g. ``EnsembleLoss.log_parts`` (``loss/seg``, ``loss/seg/base_0``, ..., ``loss/diversity``);
+      e.g. ``EnsembleLoss.log_parts`` (``loss/seg``, ``loss/seg/base_0``, ..., ``loss/diversity``); the
+      loss and its top-level parts are also logged, one line per epoch (``Epoch 3: loss 0.81 (seg 0.62,
+      diversity 0.19)``): MONAI's ``StatsHandler`` logs ``engine.state.metrics`` at epoch end and
+      ignores its ``output_transform`` there, so it cannot show them;
     - the validation metrics: ``evaluator.state.metrics`` after each run of ``evaluator`` (how MONAI's
       ``ValidationHandler`` runs it at the trainer's ``EPOCH_COMPLETED``), recorded under the trainer's
       epoch, plus the trainer's own metrics (``engine.state.metrics``); ``metric_names`` selects some;
@@ -252,9 +255,18 @@ class TrainingCurvesHandler:
             if total > 0:
                 row["quant_step"], row["quant_total"] = float(step), float(total)
         self._update(epoch, row)
+        self._log(epoch, row)
         self._reset_epoch()
         self._write(figure=epoch % self.figure_interval == 0)
         self._last_written = epoch
+
+    def _log(self, epoch: int, row: Mapping[str, float]) -> None:
+        # One line per epoch: the loss and its top-level parts (seg, diversity, kd, ...), as recorded in the CSV.
+        parts = {k[5:]: v for k, v in row.items() if k.startswith("loss/") and "/" not in k[5:] and k != "loss/total"}
+        if "loss" in row or parts:
+            text = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+            loss = row.get("loss", float("nan"))
+            self.logger.info(f"Epoch {epoch}: loss {loss:.4g}" + (f" ({text})" if text else ""))
 
     def _completed(self, engine: Engine) -> None:
         if self._drawn != self._last_written:  # the last epoch's figure was skipped by figure_interval

@@ -67,6 +67,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 from monailabel.transform.post import Restored  # noqa: E402
 from monailabel.utils.others.generic import get_bundle_models, strtobool  # noqa: E402
 
+from qddens_monai.config import load_bundle_configs  # noqa: E402
 from qddens_monai.evaluation import LearnerProbabilities  # noqa: E402
 from qddens_monai.label.confine import RequestRefused  # noqa: E402
 from qddens_monai.label.datastore import CheckedDatastore  # noqa: E402
@@ -129,7 +130,7 @@ class DisagreementInferTask(BundleInferTask):
 def _bundle_screen(bundle: str) -> StudyScreen:
     """A :class:`StudyScreen` with the bundle's ``spatial_dims`` / ``in_channels`` / ``num_classes``."""
     parser = ConfigParser()
-    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    parser.read_config(load_bundle_configs(os.path.join(bundle, "configs", "inference.json")))
     return StudyScreen(*(int(parser.get_parsed_content(k)) for k in ("spatial_dims", "in_channels", "num_classes")))
 
 

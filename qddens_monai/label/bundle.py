@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import torch
 from monai.bundle import ConfigParser
 
-from qddens_monai.config import bundle_dir
+from qddens_monai.config import bundle_dir, load_bundle_configs
 
 __all__ = ["bundle_dir", "prepare_label_bundle", "bundle_network"]
 
@@ -30,7 +30,7 @@ PathLike = Union[str, os.PathLike]
 
 def _merged(configs: PathLike, names: list[str], overrides: Mapping[str, Any]) -> dict:
     parser = ConfigParser()
-    parser.read_config([str(Path(configs) / n) for n in names])
+    parser.read_config(load_bundle_configs([Path(configs) / n for n in names]))
     for key, value in overrides.items():
         parser[key] = value
     return parser.config  # type: ignore[return-value]
@@ -42,9 +42,14 @@ def _network(config: Mapping[str, Any], root: PathLike) -> torch.nn.Module:
     return parser.get_parsed_content("network_def", instantiate=True)
 
 
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple]:
+    # the recorded quantization schedule (``...portions``) is adopted on loading, whatever its length
+    return {k: tuple(v.shape) for k, v in state.items() if not k.endswith(".portions")}
+
+
 def bundle_network(bundle: PathLike) -> torch.nn.Module:
     """The network of ``bundle``'s ``configs/inference.json`` (``network_def``), on the CPU."""
-    return _network(ConfigParser.load_config_file(str(Path(bundle) / "configs" / "inference.json")), bundle)
+    return _network(load_bundle_configs(Path(bundle) / "configs" / "inference.json"), bundle)
 
 
 def prepare_label_bundle(
@@ -102,8 +107,8 @@ def prepare_label_bundle(
     if model.is_file():
         state = torch.load(model, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
-        expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-        if {k: tuple(v.shape) for k, v in state.items()} != expected:
+        expected = _shapes(net.state_dict())
+        if _shapes(state) != expected:
             raise ValueError(
                 f"{model} does not fit the label bundle's network ({spatial_dims}D, overrides {overrides}); "
                 "move it away or start with the settings it was trained with."

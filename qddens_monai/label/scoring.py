@@ -11,6 +11,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.evaluation import LearnerProbabilities, split_learners, unwrap_network
 from qddens_monai.label.selection import defined_descriptor, image_uncertainty, voxel_disagreement
 from qddens_monai.networks import ENCODER, load_checkpoint
@@ -111,7 +112,7 @@ class EnsembleScorer:
         self.device = torch.device(device)
         self.kind = kind
         parser = ConfigParser()
-        parser.read_config(str(self.bundle / "configs" / "inference.json"))
+        parser.read_config(load_bundle_configs(self.bundle / "configs" / "inference.json"))
         parser["bundle_root"] = str(self.bundle)
         parser["device"] = f"$torch.device('{self.device}')"
         self.network = load_checkpoint(parser.get_parsed_content("network_def"), self.model_path).to(self.device)

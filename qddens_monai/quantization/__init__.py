@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "quantization_step",
             "quantize_network",
             "quantized_layers",
+            "set_portions",
         ],
         ".packing": ["PACKED_FORMAT_VERSION", "PackedSize", "load_packed", "load_packed_network", "save_packed"],
         ".parametrizations": ["IncrementalQuantization", "StraightThroughQuantization"],

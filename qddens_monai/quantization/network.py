@@ -20,6 +20,7 @@ __all__ = [
     "quantized_layers",
     "quantization_step",
     "quantization_progress",
+    "set_portions",
     "is_quantization_complete",
     "freeze",
 ]
@@ -129,6 +130,29 @@ def quantization_progress(net: nn.Module) -> tuple[int, int]:
 def is_quantization_complete(net: nn.Module) -> bool:
     """True when every quantized weight of ``net`` lies entirely on its level set."""
     return all(q.complete for _, _, q in quantized_layers(net))
+
+
+def set_portions(net: nn.Module, portions: Sequence[float]) -> tuple[float, ...]:
+    """Give every incremental quantization in ``net`` the schedule ``portions`` (before its first step).
+
+    The schedule is part of each layer's state (a buffer), so a checkpoint carries it; this sets it on a
+    freshly built network, e.g. from a training config, without rebuilding the network.
+
+    Raises:
+        ValueError: bad portions, or a layer already stepped on another schedule (changing the portions
+            mid-schedule would change which share of the weights the remaining steps freeze).
+    """
+    portions = check_portions(portions)
+    for name, _, q in quantized_layers(net):
+        if not isinstance(q, IncrementalQuantization):
+            continue
+        if int(q.step) > 0 and q.portion_values != tuple(round(p, 6) for p in portions):
+            raise ValueError(
+                f"{name or 'the network'} is at step {int(q.step)} of the schedule {list(q.portion_values)}; "
+                f"it cannot continue on {list(portions)}. Resume with the portions it was trained with."
+            )
+        q.portions = q.portions.new_tensor(portions)
+    return portions
 
 
 def quantization_step(net: nn.Module) -> int:

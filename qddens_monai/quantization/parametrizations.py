@@ -30,8 +30,12 @@ class IncrementalQuantization(nn.Module):
 
     State, all in buffers so that it is checkpointed and restored with ``state_dict``:
     ``mask`` (bool, weight shape), ``frozen`` (weight shape), ``params`` (the level set's
-    scale, fixed at the first step so every step shares one grid), ``step`` (steps done)
-    and ``seed`` (for the random partitions).
+    scale, fixed at the first step so every step shares one grid), ``step`` (steps done),
+    ``seed`` (for the random partitions) and ``portions`` (float64, the schedule itself). A
+    checkpoint therefore describes its own schedule: loading one trained with other portions
+    (another number of steps) adopts them, so "step 2 of 2" stays complete whatever
+    ``portions`` the network was built with. Checkpoints written before ``portions`` was
+    recorded load as before (the built portions are kept).
 
     Args:
         quantizer: the level set.
@@ -54,9 +58,9 @@ class IncrementalQuantization(nn.Module):
         super().__init__()
         self.quantizer = quantizer
         self.channel_dim = channel_dim
-        self.portions = tuple(portions)
         self.partition = partition
         kw = {"device": weight.device}
+        self.register_buffer("portions", torch.tensor([float(p) for p in portions], dtype=torch.float64, **kw))
         self.register_buffer("mask", torch.zeros(weight.shape, dtype=torch.bool, **kw))
         self.register_buffer("frozen", torch.zeros(weight.shape, dtype=weight.dtype, **kw))
         self.register_buffer(
@@ -67,7 +71,26 @@ class IncrementalQuantization(nn.Module):
 
     @property
     def num_steps(self) -> int:
-        return len(self.portions)
+        return int(self.portions.numel())
+
+    @property
+    def portion_values(self) -> tuple[float, ...]:
+        """The accumulated portions as Python floats (rounded to 1e-6: safe from a cast of the buffer to float32)."""
+        return tuple(round(float(p), 6) for p in self.portions)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        key = prefix + "portions"
+        incoming = state_dict.get(key)
+        if isinstance(incoming, torch.Tensor) and incoming.shape != self.portions.shape:
+            # another number of steps: take the checkpoint's schedule (the copy below fills it)
+            self.portions = torch.zeros(incoming.shape, dtype=self.portions.dtype, device=self.portions.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if incoming is None and key in missing_keys:  # written before the schedule was recorded
+            missing_keys.remove(key)
 
     @property
     def complete(self) -> bool:
@@ -85,7 +108,7 @@ class IncrementalQuantization(nn.Module):
         if step == 0:
             self.params.copy_(self.quantizer.calibrate(latent, self.channel_dim))
         total = self.mask.numel()
-        target = total if step == self.num_steps - 1 else int(math.floor(self.portions[step] * total + 0.5))
+        target = total if step == self.num_steps - 1 else int(math.floor(self.portion_values[step] * total + 0.5))
         count = target - int(self.mask.sum())
         idx = select_weights_to_freeze(
             latent, self.mask, count, self.partition, step_generator(int(self.seed), step)
@@ -97,7 +120,7 @@ class IncrementalQuantization(nn.Module):
         return int(idx.numel())
 
     def extra_repr(self) -> str:
-        return f"{self.quantizer}, portions={self.portions}, partition={self.partition!r}"
+        return f"{self.quantizer}, portions={self.portion_values}, partition={self.partition!r}"
 
 
 class StraightThroughQuantization(nn.Module):
