@@ -69,14 +69,42 @@ import annotation_report  # noqa: E402
 STRATEGIES = ("random", "uncertainty", "suggestive", "suggestive_quantized")
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "full": {"seeds": [0, 1, 2], "size": 96, "difficulty": 0.7, "distinct": 20, "clusters": 5, "cluster_size": 4,
-             "ood": 4, "test": 8, "start": 4, "batch": 4, "max_labels": 20, "top_n": 8,
-             "learner_epochs": 25, "samples_per_epoch": 32, "learner_lr": 0.005,
-             "scorer": {"fp_epochs": 6, "epochs_per_step": 1, "portions": [0.3, 0.6, 0.8, 1.0]}},
-    "quick": {"seeds": [0], "size": 48, "difficulty": 0.7, "distinct": 4, "clusters": 2, "cluster_size": 2,
-              "ood": 1, "test": 2, "start": 2, "batch": 2, "max_labels": 4, "top_n": 3,
-              "learner_epochs": 1, "samples_per_epoch": 8, "learner_lr": 0.005,
-              "scorer": {"fp_epochs": 1, "epochs_per_step": 1, "portions": [0.5, 1.0]}},
+    "full": {
+        "seeds": [0, 1, 2],
+        "size": 96,
+        "difficulty": 0.7,
+        "distinct": 20,
+        "clusters": 5,
+        "cluster_size": 4,
+        "ood": 4,
+        "test": 8,
+        "start": 4,
+        "batch": 4,
+        "max_labels": 20,
+        "top_n": 8,
+        "learner_epochs": 25,
+        "samples_per_epoch": 32,
+        "learner_lr": 0.005,
+        "scorer": {"fp_epochs": 6, "epochs_per_step": 1, "portions": [0.3, 0.6, 0.8, 1.0]},
+    },
+    "quick": {
+        "seeds": [0],
+        "size": 48,
+        "difficulty": 0.7,
+        "distinct": 4,
+        "clusters": 2,
+        "cluster_size": 2,
+        "ood": 1,
+        "test": 2,
+        "start": 2,
+        "batch": 2,
+        "max_labels": 4,
+        "top_n": 3,
+        "learner_epochs": 1,
+        "samples_per_epoch": 8,
+        "learner_lr": 0.005,
+        "scorer": {"fp_epochs": 1, "epochs_per_step": 1, "portions": [0.5, 1.0]},
+    },
 }
 SCORER_BATCH = 4
 LEARNER_BATCH = 4
@@ -96,9 +124,12 @@ def _case(image: np.ndarray, label: np.ndarray, fov: np.ndarray, kind: str) -> d
     import torch
 
     img = np.moveaxis(image.astype(np.float32), -1, 0)  # (3, H, W) in [0, 1]
-    return {"image": torch.from_numpy(np.ascontiguousarray(img)),
-            "label": torch.from_numpy(label[None].astype(np.float32)),
-            "mask": torch.from_numpy(fov[None].astype(np.float32)), "kind": kind}
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(img)),
+        "label": torch.from_numpy(label[None].astype(np.float32)),
+        "mask": torch.from_numpy(fov[None].astype(np.float32)),
+        "kind": kind,
+    }
 
 
 _POOLS: dict[tuple[str, int], tuple[list[dict], list[dict]]] = {}
@@ -121,8 +152,9 @@ def _generate(cfg: dict[str, Any], seed: int) -> tuple[list[dict], list[dict]]:
     rng = np.random.default_rng([seed, 15])
 
     def gen(stream: int, i: int):
-        image, label, fov = create_vessel_image_2d(cfg["size"], cfg["difficulty"], random_state=10_000 * seed
-                                                   + 1000 * stream + i)
+        image, label, fov = create_vessel_image_2d(
+            cfg["size"], cfg["difficulty"], random_state=10_000 * seed + 1000 * stream + i
+        )
         return image.astype(np.float32) / 255.0, label, fov
 
     pool = [_case(*gen(0, i), kind="distinct") for i in range(cfg["distinct"])]
@@ -149,13 +181,19 @@ def loader(cases: list[dict], samples: int, seed: int, batch_size: int):
     from monai.transforms import Compose, RandFlipd, RandRotate90d
 
     keys = ["image", "label"]
-    aug = Compose([RandFlipd(keys, prob=0.5, spatial_axis=0),
-                   RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1))])
+    aug = Compose(
+        [RandFlipd(keys, prob=0.5, spatial_axis=0), RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1))]
+    )
     aug.set_random_state(seed)
     data = [{"image": c["image"], "label": c["label"]} for c in cases]
     data = (data * (samples // len(data) + 1))[:samples]
-    return DataLoader(Dataset(data, aug), batch_size=batch_size, shuffle=True, num_workers=0,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        Dataset(data, aug),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -172,9 +210,15 @@ def train_learner(cases: list[dict], cfg: dict[str, Any], seed: int):
     set_determinism(seed)
     net = rb.make_unet(2)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["learner_lr"])
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=cfg["learner_epochs"],
-                                train_data_loader=loader(cases, cfg["samples_per_epoch"], seed, LEARNER_BATCH),
-                                network=net, optimizer=opt, loss_function=rb.seg_loss(), decollate=False)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=cfg["learner_epochs"],
+        train_data_loader=loader(cases, cfg["samples_per_epoch"], seed, LEARNER_BATCH),
+        network=net,
+        optimizer=opt,
+        loss_function=rb.seg_loss(),
+        decollate=False,
+    )
     trainer.run()
     return net.eval()
 
@@ -206,8 +250,9 @@ def test_dice(net, test: list[dict]) -> float:
         for c in test:
             prob = torch.softmax(net(c["image"][None]), dim=1)[0]
             inside = inside_mask(c["mask"], prob.shape[1:])
-            dice.append(segmentation_metrics(prob, label_one_hot(c["label"], 2, "softmax"), inside,
-                                             metrics=("dice",))["dice"])
+            dice.append(
+                segmentation_metrics(prob, label_one_hot(c["label"], 2, "softmax"), inside, metrics=("dice",))["dice"]
+            )
     return float(np.mean(dice))
 
 
@@ -215,15 +260,19 @@ def strategy_config(strategy: str, cfg: dict[str, Any]):
     """The label app's :class:`~qddens_monai.label.selection.SuggestiveConfig` of a (non-random) strategy."""
     from qddens_monai.label.selection import SuggestiveConfig
 
-    return SuggestiveConfig(batch_size=cfg["batch"], top_n=cfg["top_n"],
-                            disagreement=cfg.get("disagreement", "variance"),
-                            representativeness=strategy != "uncertainty",
-                            quantized_scorers=strategy == "suggestive_quantized",
-                            cover_labeled=bool(cfg.get("cover_labeled", False)))
+    return SuggestiveConfig(
+        batch_size=cfg["batch"],
+        top_n=cfg["top_n"],
+        disagreement=cfg.get("disagreement", "variance"),
+        representativeness=strategy != "uncertainty",
+        quantized_scorers=strategy == "suggestive_quantized",
+        cover_labeled=bool(cfg.get("cover_labeled", False)),
+    )
 
 
-def pick(strategy: str, pool: list[dict], labelled: list[int], cfg: dict[str, Any], seed: int,
-         rnd: int) -> tuple[list[int], dict[str, Any]]:
+def pick(
+    strategy: str, pool: list[dict], labelled: list[int], cfg: dict[str, Any], seed: int, rnd: int
+) -> tuple[list[int], dict[str, Any]]:
     """The next batch of pool indices by ``strategy`` (and what the scorer said about the pool), through the
     label app's scoring (:func:`~qddens_monai.label.scoring.member_scores`) and selection
     (:func:`~qddens_monai.label.selection.select_batch`) code."""
@@ -272,15 +321,29 @@ def run_strategy(strategy: str, seed: int, setting: str, out: Path, log) -> dict
     if strategy == "full":
         t0 = time.perf_counter()
         dice = test_dice(train_learner(pool, cfg, seed), test)
-        job = {"seed": seed, "strategy": "full", "labels": [len(pool)], "dice": [dice], "done": True,
-               "seconds": time.perf_counter() - t0}
+        job = {
+            "seed": seed,
+            "strategy": "full",
+            "labels": [len(pool)],
+            "dice": [dice],
+            "done": True,
+            "seconds": time.perf_counter() - t0,
+        }
         _write(path, job)
         log(f"full pool ({len(pool)}): dice {dice:.3f}")
         return job
     if job is None:
         start = json.loads((out / "runs" / f"seed{seed}_start.json").read_text())
-        job = {"seed": seed, "strategy": strategy, "labels": [len(start["labelled"])], "dice": [start["dice"]],
-               "labelled": list(start["labelled"]), "rounds": [], "done": False, "seconds": 0.0}
+        job = {
+            "seed": seed,
+            "strategy": strategy,
+            "labels": [len(start["labelled"])],
+            "dice": [start["dice"]],
+            "labelled": list(start["labelled"]),
+            "rounds": [],
+            "done": False,
+            "seconds": 0.0,
+        }
     while len(job["labelled"]) < cfg["max_labels"]:
         t0 = time.perf_counter()
         rnd = len(job["rounds"]) + 1
@@ -294,15 +357,24 @@ def run_strategy(strategy: str, seed: int, setting: str, out: Path, log) -> dict
         for i in new:  # a pick is redundant when its near-duplicate cluster already has a label
             redundant += kinds[i] in seen
             seen.add(kinds[i]) if kinds[i].startswith("cluster") else None
-        job["rounds"].append({"picked": new, "kinds": [kinds[i] for i in new], "redundant": redundant,
-                              "ood": sum(kinds[i] == "ood" for i in new), "seconds": time.perf_counter() - t0,
-                              "mean_uncertainty": float(np.mean(info["uncertainty"])) if info else None})
+        job["rounds"].append(
+            {
+                "picked": new,
+                "kinds": [kinds[i] for i in new],
+                "redundant": redundant,
+                "ood": sum(kinds[i] == "ood" for i in new),
+                "seconds": time.perf_counter() - t0,
+                "mean_uncertainty": float(np.mean(info["uncertainty"])) if info else None,
+            }
+        )
         job["seconds"] += time.perf_counter() - t0
         job["done"] = len(job["labelled"]) >= cfg["max_labels"]
         _write(path, job)
-        log(f"{strategy} round {rnd}: {len(job['labelled'])} labels, dice {dice:.3f}, "
+        log(
+            f"{strategy} round {rnd}: {len(job['labelled'])} labels, dice {dice:.3f}, "
             f"picked {job['rounds'][-1]['kinds']}"
-            f" ({job['rounds'][-1]['seconds']:.0f}s)")
+            f" ({job['rounds'][-1]['seconds']:.0f}s)"
+        )
     return job
 
 
@@ -322,15 +394,25 @@ def run_seed_start(seed: int, setting: str, out: Path, log) -> None:
 
 def collect(out: Path, setting: str) -> dict[str, Any]:
     """``annotation.json``: the settings, every job file found, and the summary."""
-    jobs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*_*.json"))
-            if not p.name.endswith("_start.json")]
-    payload = {"command": "python benchmarks/annotation_benchmark.py" + (" --quick" if setting == "quick" else ""),
-               "setting": setting, "settings": SETTINGS[setting], "strategies": list(STRATEGIES),
-               "machine": {"cpu_count": os.cpu_count(), "torch_threads": 1, "processes": 1},
-               "jobs": jobs, "summary": annotation_report.summarize(jobs, SETTINGS[setting])}
+    jobs = [
+        json.loads(p.read_text())
+        for p in sorted((out / "runs").glob("seed*_*.json"))
+        if not p.name.endswith("_start.json")
+    ]
+    payload = {
+        "command": "python benchmarks/annotation_benchmark.py" + (" --quick" if setting == "quick" else ""),
+        "setting": setting,
+        "settings": SETTINGS[setting],
+        "strategies": list(STRATEGIES),
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": 1, "processes": 1},
+        "jobs": jobs,
+        "summary": annotation_report.summarize(jobs, SETTINGS[setting]),
+    }
     payload["complete"] = all(
         any(j["seed"] == s and j["strategy"] == st and j.get("done") for j in jobs)
-        for s in SETTINGS[setting]["seeds"] for st in (*STRATEGIES, "full"))
+        for s in SETTINGS[setting]["seeds"]
+        for st in (*STRATEGIES, "full")
+    )
     return payload
 
 
@@ -340,14 +422,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default runs/annotation[_quick], gitignored)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the setting's)")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    ap.add_argument("--docs", default=None, help="repository root: write the figure, docs/results.md section and "
-                    "README summary there")
+    ap.add_argument(
+        "--docs",
+        default=None,
+        help="repository root: write the figure, docs/results.md section and " "README summary there",
+    )
     ap.add_argument("--report", action="store_true", help="only rewrite the summary / report from --out")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="change the setting for a probe (e.g. batch=2 top_n=4, cover_labeled=true, clusters=0 "
-                         "distinct=40); use its own --out")
-    ap.add_argument("--reading", default=str(Path(__file__).with_name("annotation_reading.md")),
-                    help="a file whose text opens the docs section and README summary (if it exists)")
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the setting for a probe (e.g. batch=2 top_n=4, cover_labeled=true, clusters=0 "
+        "distinct=40); use its own --out",
+    )
+    ap.add_argument(
+        "--reading",
+        default=str(Path(__file__).with_name("annotation_reading.md")),
+        help="a file whose text opens the docs section and README summary (if it exists)",
+    )
     args = ap.parse_args(argv)
     setting = "quick" if args.quick else "full"
     for item in args.set:
@@ -365,6 +458,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.report:
         _setup_threads()
         for seed in args.seeds or SETTINGS[setting]["seeds"]:
+
             def log(msg: str, seed: int = seed) -> None:
                 print(f"[seed {seed} {time.perf_counter() - t_all:6.0f}s] {msg}", flush=True)
 

@@ -76,8 +76,11 @@ def probe_seed(seed: int, setting: str) -> dict[str, Any]:
             desc.append(d)
         desc_t = torch.stack(desc)
         groups = {"distinct": "distinct", "ood": "ood"}
-        row = {"raw": pool_structure(desc_t, kinds), "centred": pool_structure(desc_t - desc_t.mean(0), kinds),
-               "uncertainty": {g: float(np.mean([u for u, k in zip(unc, kinds) if k == g])) for g in groups}}
+        row = {
+            "raw": pool_structure(desc_t, kinds),
+            "centred": pool_structure(desc_t - desc_t.mean(0), kinds),
+            "uncertainty": {g: float(np.mean([u for u, k in zip(unc, kinds) if k == g])) for g in groups},
+        }
         row["uncertainty"]["cluster"] = float(np.mean([u for u, k in zip(unc, kinds) if k.startswith("cluster")]))
         result["quantized" if quantized else "float"] = row
         print(f"seed {seed} {'quantized' if quantized else 'float'}: {json.dumps(row)}", flush=True)

@@ -20,16 +20,24 @@ from typing import Any, Optional
 import numpy as np
 
 START, END = "<!-- annotation:start -->", "<!-- annotation:end -->"
-LABELS = {"random": "random", "uncertainty": "uncertainty (top-N, float scorer)",
-          "suggestive": "suggestive (float scorer)", "suggestive_quantized": "suggestive, quantized scorer (QSA)"}
+LABELS = {
+    "random": "random",
+    "uncertainty": "uncertainty (top-N, float scorer)",
+    "suggestive": "suggestive (float scorer)",
+    "suggestive_quantized": "suggestive, quantized scorer (QSA)",
+}
 FRACTIONS = (0.9, 0.95)
 FIGURE = "annotation_curves.png"
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return {"mean": float(np.mean(vals)) if vals else float("nan"),
-            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), "n": len(vals), "values": vals}
+    return {
+        "mean": float(np.mean(vals)) if vals else float("nan"),
+        "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"),
+        "n": len(vals),
+        "values": vals,
+    }
 
 
 def labels_to_reach(labels: list[int], dice: list[float], target: float) -> Optional[int]:
@@ -57,11 +65,16 @@ def summarize(jobs: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]
         grid = mine[0]["labels"]
         per_seed = {}
         for j in mine:
-            row = {"auc": curve_auc(j["labels"], j["dice"]), "final": j["dice"][-1],
-                   "ood": sum(r["ood"] for r in j["rounds"]), "redundant": sum(r["redundant"] for r in j["rounds"])}
+            row = {
+                "auc": curve_auc(j["labels"], j["dice"]),
+                "final": j["dice"][-1],
+                "ood": sum(r["ood"] for r in j["rounds"]),
+                "redundant": sum(r["redundant"] for r in j["rounds"]),
+            }
             for f in FRACTIONS:
-                row[f"to_{round(100 * f)}"] = (labels_to_reach(j["labels"], j["dice"], f * full[j["seed"]])
-                                               if j["seed"] in full else None)
+                row[f"to_{round(100 * f)}"] = (
+                    labels_to_reach(j["labels"], j["dice"], f * full[j["seed"]]) if j["seed"] in full else None
+                )
             per_seed[j["seed"]] = row
         out["strategies"][name] = {
             "labels": grid,
@@ -75,8 +88,11 @@ def summarize(jobs: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]
             continue
         seeds = sorted(set(s["per_seed"]) & set(rand["per_seed"]))
         diff = {k: [s["per_seed"][x][k] - rand["per_seed"][x][k] for x in seeds] for k in ("auc", "final")}
-        out["paired"][name] = {"seeds": seeds, **{k: _ms(v) for k, v in diff.items()},
-                               "wins_auc": sum(d > 0 for d in diff["auc"])}
+        out["paired"][name] = {
+            "seeds": seeds,
+            **{k: _ms(v) for k, v in diff.items()},
+            "wins_auc": sum(d > 0 for d in diff["auc"]),
+        }
     return out
 
 
@@ -105,29 +121,44 @@ def markdown(payload: dict[str, Any], images: str = "images/") -> str:
     if images:
         lines += [f"![Dice vs number of labelled images]({images}{FIGURE})", ""]
     grid = next(iter(st.values()))["labels"]
-    lines += ["Test Dice (mean ± sd over seeds) after each round:", "",
-              "| strategy | " + " | ".join(f"{n} labels" for n in grid) + " |",
-              "|---|" + "---|" * len(grid)]
+    lines += [
+        "Test Dice (mean ± sd over seeds) after each round:",
+        "",
+        "| strategy | " + " | ".join(f"{n} labels" for n in grid) + " |",
+        "|---|" + "---|" * len(grid),
+    ]
     for name, v in st.items():
         lines.append(f"| {LABELS[name]} | " + " | ".join(_f(c) for c in v["curve"]) + " |")
-    lines += ["", "Labels needed (per seed) to reach 90 % / 95 % of the same seed's full-pool Dice, the area under "
-              "the curve (mean Dice over the label range), the picks that were out-of-distribution or redundant "
-              "(a near-duplicate of an image already labelled):", "",
-              "| strategy | labels to 90 % | labels to 95 % | AUC | final Dice | OOD picks | redundant picks |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Labels needed (per seed) to reach 90 % / 95 % of the same seed's full-pool Dice, the area under "
+        "the curve (mean Dice over the label range), the picks that were out-of-distribution or redundant "
+        "(a near-duplicate of an image already labelled):",
+        "",
+        "| strategy | labels to 90 % | labels to 95 % | AUC | final Dice | OOD picks | redundant picks |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, v in st.items():
-        lines.append(f"| {LABELS[name]} | {_reach(v['per_seed'], 'to_90', budget)} | "
-                     f"{_reach(v['per_seed'], 'to_95', budget)} | {_f(v['auc'])} | {_f(v['final'])} | "
-                     f"{_f(v['ood'], 1)} | {_f(v['redundant'], 1)} |")
+        lines.append(
+            f"| {LABELS[name]} | {_reach(v['per_seed'], 'to_90', budget)} | "
+            f"{_reach(v['per_seed'], 'to_95', budget)} | {_f(v['auc'])} | {_f(v['final'])} | "
+            f"{_f(v['ood'], 1)} | {_f(v['redundant'], 1)} |"
+        )
     if s.get("paired"):
-        lines += ["", "Paired differences against random (same seed: same pool, start set and learner seed), "
-                  "mean ± sd over seeds, and the per-seed values:", "",
-                  "| strategy | Δ AUC | per seed | Δ final Dice | per seed | seeds beating random (AUC) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired differences against random (same seed: same pool, start set and learner seed), "
+            "mean ± sd over seeds, and the per-seed values:",
+            "",
+            "| strategy | Δ AUC | per seed | Δ final Dice | per seed | seeds beating random (AUC) |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, p in s["paired"].items():
-            lines.append(f"| {LABELS[name]} | {_f(p['auc'])} | {', '.join(f'{x:+.3f}' for x in p['auc']['values'])} | "
-                         f"{_f(p['final'])} | {', '.join(f'{x:+.3f}' for x in p['final']['values'])} | "
-                         f"{p['wins_auc']} / {len(p['seeds'])} |")
+            lines.append(
+                f"| {LABELS[name]} | {_f(p['auc'])} | {', '.join(f'{x:+.3f}' for x in p['auc']['values'])} | "
+                f"{_f(p['final'])} | {', '.join(f'{x:+.3f}' for x in p['final']['values'])} | "
+                f"{p['wins_auc']} / {len(p['seeds'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +198,7 @@ def _pool_size(payload: dict[str, Any]) -> int:
 
 def _replace(text: str, section: str, anchor: Optional[str] = None) -> str:
     if START in text and END in text:
-        return text[: text.index(START)] + section + text[text.index(END) + len(END):]
+        return text[: text.index(START)] + section + text[text.index(END) + len(END) :]
     if anchor and anchor in text:
         return text.replace(anchor, section + "\n\n" + anchor, 1)
     return text.rstrip("\n") + "\n\n" + section + "\n"
@@ -176,16 +207,20 @@ def _replace(text: str, section: str, anchor: Optional[str] = None) -> str:
 def write_docs(payload: dict[str, Any], root: Path, reading: str = "") -> None:
     """The figure, the ``docs/results.md`` section and the README summary (``reading``: the text that opens both)."""
     plot(payload, root / "docs" / "images" / FIGURE)
-    intro = ("## Suggestive annotation: labels saved (simulated loop with an oracle)\n\n"
-             "`benchmarks/annotation_benchmark.py` (see its docstring for the pool, the learner and the scorers).\n\n")
+    intro = (
+        "## Suggestive annotation: labels saved (simulated loop with an oracle)\n\n"
+        "`benchmarks/annotation_benchmark.py` (see its docstring for the pool, the learner and the scorers).\n\n"
+    )
     body = intro + (reading.strip() + "\n\n" if reading.strip() else "") + markdown(payload, "images/")
     results = root / "docs" / "results.md"
     results.write_text(_replace(results.read_text(), f"{START}\n{body}{END}"))
     readme = root / "README.md"
-    short = (f"{START}\n## Results: does suggestive annotation save labels?\n\n"
-             + (reading.strip() + "\n\n" if reading.strip() else "")
-             + markdown(payload, "docs/images/").split("\n\nLabels needed")[0]
-             + "\n\nLabels-to-90 %, AUC and paired differences: [docs/results.md](docs/results.md#suggestive-annotation"
-             "-labels-saved-simulated-loop-with-an-oracle).\n" + END)
+    short = (
+        f"{START}\n## Results: does suggestive annotation save labels?\n\n"
+        + (reading.strip() + "\n\n" if reading.strip() else "")
+        + markdown(payload, "docs/images/").split("\n\nLabels needed")[0]
+        + "\n\nLabels-to-90 %, AUC and paired differences: [docs/results.md](docs/results.md#suggestive-annotation"
+        "-labels-saved-simulated-loop-with-an-oracle).\n" + END
+    )
     readme.write_text(_replace(readme.read_text(), short, "## License"))
     print(f"wrote {root / 'docs' / 'images' / FIGURE}, the docs/results.md section and the README summary", flush=True)

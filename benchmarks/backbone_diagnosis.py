@@ -96,7 +96,7 @@ def run(data: str, name: str, seed: int, epochs: int, train: list[dict], test: l
         order = torch.randperm(len(train), generator=gen).tolist()
         losses = []
         for b in range(0, len(order), 4):
-            batch = [train[i] for i in order[b:b + 4]]
+            batch = [train[i] for i in order[b : b + 4]]
             x = torch.stack([c["image"] for c in batch])
             y = torch.stack([c["label"] for c in batch])
             flip = bool(torch.rand(1, generator=gen) < 0.5)
@@ -112,7 +112,9 @@ def run(data: str, name: str, seed: int, epochs: int, train: list[dict], test: l
         with torch.no_grad():
             for c in test:
                 prob = torch.softmax(net(c["image"][None]), 1)[0]
-                dice.append(segmentation_metrics(prob, label_one_hot(c["label"], 2, "softmax"), metrics=("dice",))["dice"])
+                dice.append(
+                    segmentation_metrics(prob, label_one_hot(c["label"], 2, "softmax"), metrics=("dice",))["dice"]
+                )
                 fg_prob.append(float(prob[1][c["label"][0] > 0].mean()))
         curve.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "dice": float(np.nanmean(dice)),
                       "fg_prob": float(np.mean(fg_prob))})  # fmt: skip
@@ -145,7 +147,9 @@ def report(results: list[dict], docs: Path) -> Path:
                 ax.set_xlabel("epoch")
                 ax.grid(alpha=0.3)
             reach = [int(np.argmax(d >= 0.5)) + 1 if (d >= 0.5).any() else None for d in dice]
-            reach_s = "never" if all(r is None for r in reach) else ", ".join("–" if r is None else str(r) for r in reach)
+            reach_s = (
+                "never" if all(r is None for r in reach) else ", ".join("–" if r is None else str(r) for r in reach)
+            )
             lines.append(f"| {data} | {name} | {dice[:, -1].mean():.3f} ± {dice[:, -1].std(ddof=1) if len(rs) > 1 else 0:.3f} | "
                          f"{prob[:, -1].mean():.2f} | {reach_s} | {np.mean([r['cpu_s'] for r in rs]):.0f} |")  # fmt: skip
     axes[0][0].legend()
@@ -182,7 +186,10 @@ def main() -> None:
                 r = run(data, name, seed, epochs, train, test)
                 f.write_text(json.dumps(r))
                 results.append(r)
-                print(f"{data} {name} seed {seed}: Dice {r['curve'][-1]['dice']:.3f}, P(fg) {r['curve'][-1]['fg_prob']:.2f}", flush=True)
+                print(
+                    f"{data} {name} seed {seed}: Dice {r['curve'][-1]['dice']:.3f}, P(fg) {r['curve'][-1]['fg_prob']:.2f}",
+                    flush=True,
+                )
     print(f"wrote {report(results, Path(args.docs))}")
 
 

@@ -96,9 +96,7 @@ def make_data(dims: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(shape, generator=g), torch.randint(0, 2, shape, generator=g)
 
 
-def make_steps(
-    net: QMENet, x: torch.Tensor, y: torch.Tensor, optimizer: bool
-) -> dict[str, Callable[[], None]]:
+def make_steps(net: QMENet, x: torch.Tensor, y: torch.Tensor, optimizer: bool) -> dict[str, Callable[[], None]]:
     """One training step per side: ``"ensemble"`` and each member (``MEMBER_NAMES``)."""
     ens_loss = EnsembleLoss(alpha=0.005)
     seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -422,8 +420,10 @@ def main() -> None:
     )
 
     misses = [r for r in results if r["time"]["ratio"] > TARGET]
-    print(f"\nTarget ensemble / sum(members) <= {TARGET}: {'MET' if not misses else 'MISSED'} "
-          f"({len(results) - len(misses)}/{len(results)} cases)")
+    print(
+        f"\nTarget ensemble / sum(members) <= {TARGET}: {'MET' if not misses else 'MISSED'} "
+        f"({len(results) - len(misses)}/{len(results)} cases)"
+    )
 
     if args.json:
         meta = {

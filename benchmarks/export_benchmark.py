@@ -240,8 +240,9 @@ def latency_figures(
     size2 = roi2[0] if quick else 256
     image2 = torch.nn.functional.interpolate(eval_images[0][0][None], size=(size2, size2), mode="bilinear")[0]
     calib2 = [c for img, _ in eval_images for c in crops(img, roi2, 1 if quick else 4)]
-    results["2D"] = latency_case(ensemble, student, image2, roi2, calib2, work, "ens2d", reps, threads, eval_images,
-                                 sw_batch_size)
+    results["2D"] = latency_case(
+        ensemble, student, image2, roi2, calib2, work, "ens2d", reps, threads, eval_images, sw_batch_size
+    )
 
     # 3D: the bundle's 3D switch; a synthetic volume.
     p3 = parse(["inference.json", "3d.json"], {"roi_size": [32, 32, 32] if quick else [48, 48, 48]})
@@ -251,12 +252,21 @@ def latency_figures(
     from monai.data.synthetic import create_test_image_3d
 
     side = roi3[0] if quick else 96
-    vol, _ = create_test_image_3d(side, side, side, num_objs=8, rad_min=2, rad_max=max(4, side // 6), noise_max=0.2,
-                                  random_state=np.random.RandomState(0))
+    vol, _ = create_test_image_3d(
+        side,
+        side,
+        side,
+        num_objs=8,
+        rad_min=2,
+        rad_max=max(4, side // 6),
+        noise_max=0.2,
+        random_state=np.random.RandomState(0),
+    )
     image3 = torch.from_numpy(vol.astype(np.float32))[None]
     calib3 = crops(image3, roi3, 1 if quick else 4)
-    results["3D"] = latency_case(ensemble3, student3, image3, roi3, calib3, work, "ens3d", reps, threads, [],
-                                 sw_batch_size)
+    results["3D"] = latency_case(
+        ensemble3, student3, image3, roi3, calib3, work, "ens3d", reps, threads, [], sw_batch_size
+    )
     return results
 
 
@@ -289,23 +299,31 @@ def main() -> None:
     print("\nSizes (float32 state dict of the frozen ensemble / each format; physical reference 32/b):")
     print(f"{'model':40s} {'float32':>9s} {'packed':>9s} {'x':>6s} {'entropy':>9s} {'x':>6s} {'zip':>9s} {'x':>6s}")
     for name, s in sizes.items():
-        print(f"{name:40s} {s['float32_bytes'] / 1e6:8.2f}M {s['packed_bytes'] / 1e6:8.2f}M {s['ratio_packed']:6.2f} "
-              f"{s['entropy_bytes'] / 1e6:8.2f}M {s['ratio_entropy']:6.2f} {s['zip_float32_bytes'] / 1e6:8.2f}M "
-              f"{s['ratio_zip']:6.2f}")
-        print(f"{'':40s} packed: {s['packed_quantized_bytes'] / 1e3:.0f} kB codes at {s['packed_bits_per_weight']} "
-              f"bits/weight + {s['packed_float_bytes'] / 1e3:.0f} kB float; entropy-coded "
-              f"{s['entropy_bits_per_weight']} bits/weight")
+        print(
+            f"{name:40s} {s['float32_bytes'] / 1e6:8.2f}M {s['packed_bytes'] / 1e6:8.2f}M {s['ratio_packed']:6.2f} "
+            f"{s['entropy_bytes'] / 1e6:8.2f}M {s['ratio_entropy']:6.2f} {s['zip_float32_bytes'] / 1e6:8.2f}M "
+            f"{s['ratio_zip']:6.2f}"
+        )
+        print(
+            f"{'':40s} packed: {s['packed_quantized_bytes'] / 1e3:.0f} kB codes at {s['packed_bits_per_weight']} "
+            f"bits/weight + {s['packed_float_bytes'] / 1e3:.0f} kB float; entropy-coded "
+            f"{s['entropy_bits_per_weight']} bits/weight"
+        )
     qdd = sizes["qdd_ens 5 bits"]
     verdict = {
         "size_qdd_ens_packed_ge_5x": qdd["ratio_packed"] >= SIZE_TARGET,
         "size_qdd_ens_entropy_ge_5x": qdd["ratio_entropy"] >= SIZE_TARGET,
     }
     for case, r in latency.items():
-        print(f"\nLatency {case}: input {r['input']}, ROI {r['roi']}, {r['sw_batch_size']} window(s) per forward, "
-              f"{reps} round(s), {args.threads} thread(s)")
+        print(
+            f"\nLatency {case}: input {r['input']}, ROI {r['roi']}, {r['sw_batch_size']} window(s) per forward, "
+            f"{reps} round(s), {args.threads} thread(s)"
+        )
         for k, sec in r["seconds"].items():
-            print(f"  {k:22s} {sec * 1e3:9.1f} ms   {r['speedup_vs_eager_ensemble'][k]:5.2f}x vs eager ensemble   "
-                  f"mask Dice vs eager {r['mask_dice_vs_eager'].get(k, float('nan')):.4f}")
+            print(
+                f"  {k:22s} {sec * 1e3:9.1f} ms   {r['speedup_vs_eager_ensemble'][k]:5.2f}x vs eager ensemble   "
+                f"mask Dice vs eager {r['mask_dice_vs_eager'].get(k, float('nan')):.4f}"
+            )
         if "dice_vs_label" in r:
             print("  Dice vs label: " + ", ".join(f"{k} {v:.4f}" for k, v in r["dice_vs_label"].items()))
         sp = r["speedup_vs_eager_ensemble"]
@@ -315,8 +333,16 @@ def main() -> None:
             d = r["dice_vs_label"]
             verdict[f"{case}_int8_dice_within_0.01"] = d["ONNX Runtime int8"] >= d["eager float"] - DICE_TOLERANCE
     print("\nTargets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in verdict.items()))
-    results = {"quick": args.quick, "threads": args.threads, "reps": reps, "sizes": sizes, "latency": latency,
-               "targets": verdict, "torch": torch.__version__, "python": sys.version.split()[0]}
+    results = {
+        "quick": args.quick,
+        "threads": args.threads,
+        "reps": reps,
+        "sizes": sizes,
+        "latency": latency,
+        "targets": verdict,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out / 'results.json'}")
 

@@ -72,20 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < 2 * args.warmup <= args.volumes:
         parser.error("need 0 < 2 x --warmup <= --volumes")
     torch.set_num_threads(1)
-    from monai.bundle import ConfigWorkflow
     from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
 
     work = Path(tempfile.mkdtemp(prefix="qddens_memory_"))
     try:
         write_volumes(work / "data" / "imagesTs", args.volumes, args.size)
-        overrides = {"roi_size": [args.roi] * 3, "dataset_dir": str(work / "data"), "output_dir": str(work / "pred"),
-                     "image_glob": "imagesTs/*.nii.gz", "device": torch.device("cpu")}
+        overrides = {
+            "roi_size": [args.roi] * 3,
+            "dataset_dir": str(work / "data"),
+            "output_dir": str(work / "pred"),
+            "image_glob": "imagesTs/*.nii.gz",
+            "device": torch.device("cpu"),
+        }
         # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from the bundle folder
         args.plot, args.json = (os.path.abspath(a) if a else a for a in (args.plot, args.json))
         os.chdir(BUNDLE)
         workflow = ConfigWorkflow(
             config_file=[str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "3d.json")],
-            workflow_type="infer", bundle_root=str(work), **overrides,
+            workflow_type="infer",
+            bundle_root=str(work),
+            **overrides,
         )
         (work / "models").mkdir()
         torch.save(workflow.parser.get_parsed_content("network_def").state_dict(), work / "models" / "model.pt")
@@ -105,18 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     rss = np.asarray(samples)
     after = rss[args.warmup - 1]
     x = np.arange(args.warmup, args.volumes)
-    slope = float(np.polyfit(x, rss[args.warmup:], 1)[0]) * 100 if len(x) > 1 else 0.0
-    swings = rss[args.warmup:] - np.polyval(np.polyfit(x, rss[args.warmup:], 1), x) if len(x) > 1 else np.zeros(1)
+    slope = float(np.polyfit(x, rss[args.warmup :], 1)[0]) * 100 if len(x) > 1 else 0.0
+    swings = rss[args.warmup :] - np.polyval(np.polyfit(x, rss[args.warmup :], 1), x) if len(x) > 1 else np.zeros(1)
     # per-volume swings (buffers of different sizes freed to the OS or kept) hide in single samples:
     # compare the peaks of the first and the last window of `warmup` volumes after the warm-up, too
     first_peak, last_peak = rss[args.warmup : 2 * args.warmup].max(), rss[-args.warmup :].max()
     result = {
-        "volumes": args.volumes, "size": args.size, "roi": args.roi, "warmup": args.warmup,
-        "rss_after_warmup_mb": round(float(after), 1), "rss_end_mb": round(float(rss[-1]), 1),
-        "rss_peak_mb": round(float(rss.max()), 1), "growth_mb": round(float(rss[-1] - after), 1),
+        "volumes": args.volumes,
+        "size": args.size,
+        "roi": args.roi,
+        "warmup": args.warmup,
+        "rss_after_warmup_mb": round(float(after), 1),
+        "rss_end_mb": round(float(rss[-1]), 1),
+        "rss_peak_mb": round(float(rss.max()), 1),
+        "growth_mb": round(float(rss[-1] - after), 1),
         "window_peak_growth_mb": round(float(last_peak - first_peak), 1),
-        "slope_mb_per_100_volumes": round(slope, 1), "max_swing_mb": round(float(np.abs(swings).max()), 1),
-        "bound_mb": args.bound, "seconds_per_volume": round(seconds / args.volumes, 3),
+        "slope_mb_per_100_volumes": round(slope, 1),
+        "max_swing_mb": round(float(np.abs(swings).max()), 1),
+        "bound_mb": args.bound,
+        "seconds_per_volume": round(seconds / args.volumes, 3),
     }
     print(json.dumps(result, indent=2))
     if args.json:
@@ -134,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.axhline(after + args.bound, color="red", ls="--", lw=1, label=f"bound: +{args.bound:.0f} MB after warm-up")
         ax.set_xlabel("volumes inferred")
         ax.set_ylabel("RSS (MB)")
-        ax.set_title(f"3D inference, {args.volumes} volumes ~{args.size}³: growth {result['growth_mb']:+.1f} MB", fontsize=9)
+        ax.set_title(
+            f"3D inference, {args.volumes} volumes ~{args.size}³: growth {result['growth_mb']:+.1f} MB", fontsize=9
+        )
         ax.legend(fontsize=8, loc="center right")
         fig.tight_layout()
         fig.savefig(args.plot)

@@ -25,8 +25,9 @@ from qddens_monai.label.server import LabelServerProcess
 
 
 def _post(url: str, body: dict) -> bytes:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=300) as r:
         return r.read()
 
@@ -45,7 +46,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--figure", default=str(Path(__file__).resolve().parents[1] / "docs/images/label_disagreement.png"))
+    parser.add_argument(
+        "--figure", default=str(Path(__file__).resolve().parents[1] / "docs/images/label_disagreement.png")
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,12 +58,15 @@ def main() -> None:
         truth = {}
         for i, difficulty in enumerate(np.linspace(0.0, 1.0, args.images)):
             # one image per difficulty level (the generator's 0 = clear wide vessels .. 1 = thin, faint, noisy)
-            write_demo_2d(tmp / f"d{i}", num_train=0, num_test=1, size=args.size, seed=100 + i,
-                          difficulty=float(difficulty))
+            write_demo_2d(
+                tmp / f"d{i}", num_train=0, num_test=1, size=args.size, seed=100 + i, difficulty=float(difficulty)
+            )
             name = f"img{i}_difficulty{difficulty:.2f}"
             (tmp / f"d{i}/imagesTs/vessel_test_000.png").rename(studies / f"{name}.png")
-            truth[name] = (np.array(Image.open(tmp / f"d{i}/labelsTs/vessel_test_000.png")) > 0,
-                           np.array(Image.open(tmp / f"d{i}/masksTs/vessel_test_000.png")) > 0)
+            truth[name] = (
+                np.array(Image.open(tmp / f"d{i}/labelsTs/vessel_test_000.png")) > 0,
+                np.array(Image.open(tmp / f"d{i}/masksTs/vessel_test_000.png")) > 0,
+            )
         t0 = time.monotonic()
         with LabelServerProcess(studies, tmp / "app", ["--dims", "2"], log=tmp / "server.log") as server:
             print(f"server up in {time.monotonic() - t0:.1f} s at {server.url}")
@@ -79,18 +85,29 @@ def main() -> None:
                 dice = 2 * (p & g).sum() / max(1, p.sum() + g.sum())
                 err = (pred != label)[fov]
                 top = dis[fov] >= np.quantile(dis[fov], 0.9)  # the 10 % most disputed pixels
-                rows.append({"image": name, "dice": float(dice), "error_rate": float(err.mean()),
-                             "error_rate_top10": float(err[top].mean()), "infer_s": seconds})
+                rows.append(
+                    {
+                        "image": name,
+                        "dice": float(dice),
+                        "error_rate": float(err.mean()),
+                        "error_rate_top10": float(err[top].mean()),
+                        "infer_s": seconds,
+                    }
+                )
             _post(f"{server.url}/activelearning/uncertainty", {"device": "cpu"})  # scores every image
             for r in rows:
-                r["uncertainty"] = _get(f"{server.url}/datastore/image/info?image={r['image']}")["qdd_ens"]["uncertainty"]
+                r["uncertainty"] = _get(f"{server.url}/datastore/image/info?image={r['image']}")["qdd_ens"][
+                    "uncertainty"
+                ]
             pick_u = json.loads(_post(f"{server.url}/activelearning/uncertainty", {"device": "cpu"}))["id"]
             pick_s = json.loads(_post(f"{server.url}/activelearning/suggestive", {"device": "cpu"}))["id"]
 
     print(f"{'image':28s} {'Dice(FOV)':>9s} {'uncert.':>9s} {'err%':>6s} {'err% top10':>10s} {'infer s':>7s}")
     for r in rows:
-        print(f"{r['image']:28s} {r['dice']:9.3f} {r['uncertainty']:9.5f} {100 * r['error_rate']:6.2f} "
-              f"{100 * r['error_rate_top10']:10.2f} {r['infer_s']:7.2f}")
+        print(
+            f"{r['image']:28s} {r['dice']:9.3f} {r['uncertainty']:9.5f} {100 * r['error_rate']:6.2f} "
+            f"{100 * r['error_rate_top10']:10.2f} {r['infer_s']:7.2f}"
+        )
     u = np.array([r["uncertainty"] for r in rows])
     d = np.array([r["dice"] for r in rows])
     lift = np.mean([r["error_rate_top10"] / max(r["error_rate"], 1e-9) for r in rows])

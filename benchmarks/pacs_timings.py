@@ -37,7 +37,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from orthanc import OrthancProcess, orthanc_binary  # noqa: E402
-
 from qddens_monai.data import write_dicom_series  # noqa: E402
 from qddens_monai.label.server import LabelServerProcess  # noqa: E402
 
@@ -57,8 +56,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         x, y, z = args.size
-        image, _ = create_test_image_3d(x, y, z, num_objs=8, rad_max=max(8, min(x, y, z) // 6), noise_max=0.05,
-                                        random_state=np.random.RandomState(0))
+        image, _ = create_test_image_3d(
+            x,
+            y,
+            z,
+            num_objs=8,
+            rad_max=max(8, min(x, y, z) // 6),
+            noise_max=0.05,
+            random_state=np.random.RandomState(0),
+        )
         files = write_dicom_series(image.astype(np.float32) * 1000.0, spacing=(0.8, 0.8, 2.0), out_dir=str(tmp / "ct"))
         record: dict = {"series": f"{x} x {y} x {z}", "roi": args.roi}
         with OrthancProcess(tmp / "orthanc", binary, plugin) as orthanc:
@@ -67,10 +73,14 @@ def main() -> None:
             record["orthanc_upload_s"] = round(time.monotonic() - start, 2)
             uid = orthanc.get(f"/series/{answers[0]['ParentSeries']}")["MainDicomTags"]["SeriesInstanceUID"]
             env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp / "cache")}
-            srv = LabelServerProcess(orthanc.dicomweb, tmp / "app",
-                                     ["--override", f"roi_size=[{args.roi},{args.roi},{args.roi}]",
-                                      "--conf", "background_scoring", "false"],
-                                     log=tmp / "server.log", timeout=300, env=env)
+            srv = LabelServerProcess(
+                orthanc.dicomweb,
+                tmp / "app",
+                ["--override", f"roi_size=[{args.roi},{args.roi},{args.roi}]", "--conf", "background_scoring", "false"],
+                log=tmp / "server.log",
+                timeout=300,
+                env=env,
+            )
             try:
                 client = MONAILabelClient(srv.url, tmpdir=str(tmp / "client"))
                 start = time.monotonic()
@@ -92,9 +102,11 @@ def main() -> None:
                 log = srv.tail(10**7)
             finally:
                 srv.stop()
-        for key, pattern in (("server_fetch_s", r"fetched series \S+ \(\d+ instances\) in ([0-9.]+) s"),
-                             ("server_convert_s", r"converted series \S+ in ([0-9.]+) s"),
-                             ("server_seg_write_and_stow_s", r"DICOM SEG \S+ of series \S+ sent in ([0-9.]+) s")):
+        for key, pattern in (
+            ("server_fetch_s", r"fetched series \S+ \(\d+ instances\) in ([0-9.]+) s"),
+            ("server_convert_s", r"converted series \S+ in ([0-9.]+) s"),
+            ("server_seg_write_and_stow_s", r"DICOM SEG \S+ of series \S+ sent in ([0-9.]+) s"),
+        ):
             found = re.findall(pattern, log)
             record[key] = float(found[0]) if found else None
     print(json.dumps(record, indent=1))

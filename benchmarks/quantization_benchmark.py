@@ -107,7 +107,9 @@ def main() -> None:
             )
 
     print("\n2. Packed size of the quantized tensors, float32 / packed (3D UNet)")
-    print(f"{'method':<13} {'bits':>4} {'params':>9} {'fixed':>7} {'0.95x32/b':>9} {'lzma':>7} {'32/b':>6} {'lzma bits/w':>11}")
+    print(
+        f"{'method':<13} {'bits':>4} {'params':>9} {'fixed':>7} {'0.95x32/b':>9} {'lzma':>7} {'32/b':>6} {'lzma bits/w':>11}"
+    )
     sizes = []
     for method in ("power_of_two", "uniform"):
         for bits in range(2, 9):

@@ -76,17 +76,49 @@ INDEPENDENT_VARIANTS = ("qmenet_cenet",)
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
         "seeds": [0, 1, 2],
-        "2d": {"num_train": 16, "num_test": 6, "size": 96, "difficulty": 0.7, "batch_size": 4,
-               "fp_epochs": 18, "epochs_per_step": 3, "portions": [0.3, 0.6, 0.8, 1.0]},
-        "3d": {"num_train": 8, "num_test": 4, "size": 32, "difficulty": 0.7, "batch_size": 2,
-               "fp_epochs": 18, "epochs_per_step": 3, "portions": [0.3, 0.6, 0.8, 1.0]},
+        "2d": {
+            "num_train": 16,
+            "num_test": 6,
+            "size": 96,
+            "difficulty": 0.7,
+            "batch_size": 4,
+            "fp_epochs": 18,
+            "epochs_per_step": 3,
+            "portions": [0.3, 0.6, 0.8, 1.0],
+        },
+        "3d": {
+            "num_train": 8,
+            "num_test": 4,
+            "size": 32,
+            "difficulty": 0.7,
+            "batch_size": 2,
+            "fp_epochs": 18,
+            "epochs_per_step": 3,
+            "portions": [0.3, 0.6, 0.8, 1.0],
+        },
     },
     "quick": {
         "seeds": [0, 1],
-        "2d": {"num_train": 4, "num_test": 2, "size": 64, "difficulty": 0.7, "batch_size": 2,
-               "fp_epochs": 1, "epochs_per_step": 1, "portions": [0.5, 1.0]},
-        "3d": {"num_train": 2, "num_test": 1, "size": 32, "difficulty": 0.7, "batch_size": 2,
-               "fp_epochs": 1, "epochs_per_step": 1, "portions": [0.5, 1.0]},
+        "2d": {
+            "num_train": 4,
+            "num_test": 2,
+            "size": 64,
+            "difficulty": 0.7,
+            "batch_size": 2,
+            "fp_epochs": 1,
+            "epochs_per_step": 1,
+            "portions": [0.5, 1.0],
+        },
+        "3d": {
+            "num_train": 2,
+            "num_test": 1,
+            "size": 32,
+            "difficulty": 0.7,
+            "batch_size": 2,
+            "fp_epochs": 1,
+            "epochs_per_step": 1,
+            "portions": [0.5, 1.0],
+        },
     },
 }
 COMMON = {
@@ -162,7 +194,9 @@ def train_loader(cases: list[dict], dims: int, batch_size: int, seed: int):
     from monai.transforms import Compose, RandFlipd, RandRotate90d
 
     keys = ["image", "label"]
-    aug = Compose([RandFlipd(keys, prob=0.5, spatial_axis=0), RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1))])
+    aug = Compose(
+        [RandFlipd(keys, prob=0.5, spatial_axis=0), RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1))]
+    )
     aug.set_random_state(seed)
     data = [{"image": c["image"], "label": c["label"]} for c in cases]
     import torch
@@ -331,8 +365,16 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
     def loader(s: int):
         return train_loader(train_cases, dims, cfg["batch_size"], s)
 
-    def record(name: str, network, quantized: bool, seconds: float, predict: Callable, params: int, size: int,
-               infer: Optional[Callable] = None):
+    def record(
+        name: str,
+        network,
+        quantized: bool,
+        seconds: float,
+        predict: Callable,
+        params: int,
+        size: int,
+        infer: Optional[Callable] = None,
+    ):
         network.eval()
         means, rows, first = evaluate(predict, infer or network, test_cases, dims)
         results[name] = {**means, "train_s": seconds, "params": params, "stored_bytes": size, "per_image": rows}
@@ -428,7 +470,15 @@ def core_variants(seed: int, cfg: dict, dims: int, loader: Callable, record: Cal
         loss = EnsembleLoss(seg_loss=seg_loss(), alpha=alpha, diversity=DeepDiversityLoss(form=form))
         quantized = quantization != "float"
         seconds = train(net_q, loss, loader(seed), cfg, quantized=quantized)
-        record(name, net_q, quantized, seconds, qme_predictor(net_q), parameter_count(net_q, quantized), stored_bytes(net_q, quantized))
+        record(
+            name,
+            net_q,
+            quantized,
+            seconds,
+            qme_predictor(net_q),
+            parameter_count(net_q, quantized),
+            stored_bytes(net_q, quantized),
+        )
         if name == "qmenet_quant_div":
             teacher = net_q
 
@@ -463,8 +513,21 @@ def _overlay_label(case: dict, dims: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- summary
 
-SUMMARY_METRICS = ("dice", "hd95", "auc", "disagreement", "meta_dice", "base_mean_dice", "base_0_dice", "base_1_dice",
-                   "base_2_dice", "train_s", "infer_ms", "params", "stored_bytes")
+SUMMARY_METRICS = (
+    "dice",
+    "hd95",
+    "auc",
+    "disagreement",
+    "meta_dice",
+    "base_mean_dice",
+    "base_0_dice",
+    "base_1_dice",
+    "base_2_dice",
+    "train_s",
+    "infer_ms",
+    "params",
+    "stored_bytes",
+)
 
 
 def summarize(jobs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:

@@ -29,26 +29,58 @@ DATASET_TITLES = {"2d": "2D vessels (inside the FOV)", "3d": "3D spheres"}
 #: kind ``"gain"``: the claim holds if the first is higher; ``"no_loss"``: if it is not clearly lower.
 CLAIMS: list[tuple[str, tuple[str, str], tuple[str, str], str]] = [
     ("QME-Net (float) beats the single UNet", ("qmenet_float", "dice"), ("unet", "dice"), "gain"),
-    ("QME-Net (float) beats the uniform ensemble of 4 UNets", ("qmenet_float", "dice"), ("uniform_ensemble", "dice"),
-     "gain"),
-    ("the full method (5) beats the uniform ensemble", ("qmenet_quant_div", "dice"), ("uniform_ensemble", "dice"),
-     "gain"),
-    ("the full method (5) beats its best member", ("qmenet_quant_div", "dice"), ("qmenet_quant_div", "best_member"),
-     "gain"),
+    (
+        "QME-Net (float) beats the uniform ensemble of 4 UNets",
+        ("qmenet_float", "dice"),
+        ("uniform_ensemble", "dice"),
+        "gain",
+    ),
+    (
+        "the full method (5) beats the uniform ensemble",
+        ("qmenet_quant_div", "dice"),
+        ("uniform_ensemble", "dice"),
+        "gain",
+    ),
+    (
+        "the full method (5) beats its best member",
+        ("qmenet_quant_div", "dice"),
+        ("qmenet_quant_div", "best_member"),
+        "gain",
+    ),
     ("diverse quantization loses no accuracy (4 vs 3)", ("qmenet_quant", "dice"), ("qmenet_float", "dice"), "no_loss"),
     ("5-bit quantization loses no accuracy on a UNet (7 vs 1)", ("unet_5bit", "dice"), ("unet", "dice"), "no_loss"),
     ("the faithful diversity loss helps (5 vs 4)", ("qmenet_quant_div", "dice"), ("qmenet_quant", "dice"), "gain"),
-    ("the bounded diversity loss helps (5b vs 4)", ("qmenet_quant_div_bounded", "dice"), ("qmenet_quant", "dice"),
-     "gain"),
-    ("the faithful diversity loss makes the base learners disagree more", ("qmenet_quant_div", "disagreement"),
-     ("qmenet_quant", "disagreement"), "gain"),
-    ("the ensemble mean (the bundle's output) beats the meta learner alone (5)", ("qmenet_quant_div", "dice"),
-     ("qmenet_quant_div", "meta_dice"), "gain"),
-    ("the distilled student keeps the ensemble's accuracy (6 vs 5)", ("student", "dice"), ("qmenet_quant_div", "dice"),
-     "no_loss"),
+    (
+        "the bounded diversity loss helps (5b vs 4)",
+        ("qmenet_quant_div_bounded", "dice"),
+        ("qmenet_quant", "dice"),
+        "gain",
+    ),
+    (
+        "the faithful diversity loss makes the base learners disagree more",
+        ("qmenet_quant_div", "disagreement"),
+        ("qmenet_quant", "disagreement"),
+        "gain",
+    ),
+    (
+        "the ensemble mean (the bundle's output) beats the meta learner alone (5)",
+        ("qmenet_quant_div", "dice"),
+        ("qmenet_quant_div", "meta_dice"),
+        "gain",
+    ),
+    (
+        "the distilled student keeps the ensemble's accuracy (6 vs 5)",
+        ("student", "dice"),
+        ("qmenet_quant_div", "dice"),
+        "no_loss",
+    ),
     ("the distilled student beats the UNet trained on labels (6 vs 1)", ("student", "dice"), ("unet", "dice"), "gain"),
-    ("the bundle's default CE-Net learners do as well as UNet learners (8 vs 5)", ("qmenet_cenet", "dice"),
-     ("qmenet_quant_div", "dice"), "no_loss"),
+    (
+        "the bundle's default CE-Net learners do as well as UNet learners (8 vs 5)",
+        ("qmenet_cenet", "dice"),
+        ("qmenet_quant_div", "dice"),
+        "no_loss",
+    ),
 ]
 
 
@@ -283,14 +315,18 @@ def _setup(payload: dict) -> str:
                  "learners. "
                  f"Adam lr {c['learning_rate']} for all, halved ({c['lr_decay_per_step']}) at the same epochs for "
                  "all; seeds " + ", ".join(str(x) for x in s["seeds"]) + "; final weights evaluated.")  # fmt: skip
-    lines.append(f"- Diversity: faithful alpha {c['alpha_faithful']} (public code), bounded cosine form alpha "
-                 f"{c['alpha_bounded']} (not tuned); distillation a = {c['distill_alpha']}, T = {c['temperature']}; "
-                 f"variant 7 is the UNet with `log_minmax` {c['unet_bits']}-bit weights on the same schedule.")
-    lines.append("- Dice and HD95 of the thresholded (0.5) output, AUC of its probability, per test image and "
-                 "averaged; disagreement: fraction of voxels where two learners' labels differ, mean over pairs "
-                 "(QME-Net: its 3 base learners; uniform ensemble: its 4 UNets). Stored size: `torch.save` of the "
-                 "float state dict, or `save_packed` (codes at the learners' bit widths) for quantized variants. "
-                 "Times are wall-clock on shared cores: compare them only within a table.")
+    lines.append(
+        f"- Diversity: faithful alpha {c['alpha_faithful']} (public code), bounded cosine form alpha "
+        f"{c['alpha_bounded']} (not tuned); distillation a = {c['distill_alpha']}, T = {c['temperature']}; "
+        f"variant 7 is the UNet with `log_minmax` {c['unet_bits']}-bit weights on the same schedule."
+    )
+    lines.append(
+        "- Dice and HD95 of the thresholded (0.5) output, AUC of its probability, per test image and "
+        "averaged; disagreement: fraction of voxels where two learners' labels differ, mean over pairs "
+        "(QME-Net: its 3 base learners; uniform ensemble: its 4 UNets). Stored size: `torch.save` of the "
+        "float state dict, or `save_packed` (codes at the learners' bit widths) for quantized variants. "
+        "Times are wall-clock on shared cores: compare them only within a table."
+    )
     return "\n".join(lines)
 
 
@@ -353,15 +389,23 @@ def write_report(json_path: os.PathLike, out_dir: os.PathLike, repo_root: Option
     results_md = root / "docs" / "results.md"
     # keep the annotation benchmark's section (annotation_report.py writes it between its markers)
     old = results_md.read_text() if results_md.is_file() else ""
-    kept = old[old.index(ANNOTATION[0]): old.index(ANNOTATION[1]) + len(ANNOTATION[1])] if all(
-        m in old for m in ANNOTATION) else ""
-    results_md.write_text(report_markdown(payload, "images/") + "\n" + (summary_text + "\n\n" if summary_text else "")
-                          + per_seed(payload) + ("\n\n" + kept + "\n" if kept else ""))
+    kept = (
+        old[old.index(ANNOTATION[0]) : old.index(ANNOTATION[1]) + len(ANNOTATION[1])]
+        if all(m in old for m in ANNOTATION)
+        else ""
+    )
+    results_md.write_text(
+        report_markdown(payload, "images/")
+        + "\n"
+        + (summary_text + "\n\n" if summary_text else "")
+        + per_seed(payload)
+        + ("\n\n" + kept + "\n" if kept else "")
+    )
     readme = root / "README.md"
     text = readme.read_text()
     section = readme_section(payload, summary_text)
     if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
     else:  # first time: before the License section
         anchor = "## License"
         text = text.replace(anchor, section + "\n\n" + anchor, 1) if anchor in text else text + "\n" + section + "\n"

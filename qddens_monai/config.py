@@ -110,7 +110,12 @@ def _number(low: float | None = None, low_open: bool = False, high: float | None
         rng = f"{lo}, {high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v:
             return f"must be a number in {rng}"
-        if low is not None and (v < low or (low_open and v == low)) or high is not None and (v > high or (high_open and v == high)):
+        if (
+            low is not None
+            and (v < low or (low_open and v == low))
+            or high is not None
+            and (v > high or (high_open and v == high))
+        ):
             return f"must be a number in {rng}"
         return None
 
@@ -118,8 +123,14 @@ def _number(low: float | None = None, low_open: bool = False, high: float | None
 
 
 def _portions(v: Any, _: Mapping) -> str | None:
-    need = "must be a list of strictly increasing accumulated portions in (0, 1] ending at 1.0, e.g. [0.3, 0.6, 0.8, 1.0]"
-    if not isinstance(v, (list, tuple)) or not v or any(isinstance(p, bool) or not isinstance(p, numbers.Real) for p in v):
+    need = (
+        "must be a list of strictly increasing accumulated portions in (0, 1] ending at 1.0, e.g. [0.3, 0.6, 0.8, 1.0]"
+    )
+    if (
+        not isinstance(v, (list, tuple))
+        or not v
+        or any(isinstance(p, bool) or not isinstance(p, numbers.Real) for p in v)
+    ):
         return need
     if any(b <= a for a, b in zip(v, v[1:])) or v[0] <= 0 or abs(float(v[-1]) - 1.0) > 1e-9:
         return need
@@ -130,7 +141,9 @@ def _roi_size(v: Any, settings: Mapping) -> str | None:
     dims = settings.get("spatial_dims")
     example = [64] * (dims if dims in (2, 3) else 2)
     need = f"must be a list of {dims if isinstance(dims, int) else 'spatial_dims'} positive integers, e.g. {example}"
-    if not isinstance(v, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in v):
+    if not isinstance(v, (list, tuple)) or any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in v
+    ):
         return need
     if isinstance(dims, int) and len(v) != dims:
         return need
@@ -218,8 +231,10 @@ def _config_settings(checks: Mapping[str, Any]) -> dict:
     while frame is not None and not isinstance(frame.f_locals.get("self"), ReferenceResolver):
         frame = frame.f_back
     if frame is None:
-        raise TypeError("check_settings() without settings reads the MONAI bundle config it is evaluated in; "
-                        "called from Python, pass the settings mapping.")
+        raise TypeError(
+            "check_settings() without settings reads the MONAI bundle config it is evaluated in; "
+            "called from Python, pass the settings mapping."
+        )
     resolver = frame.f_locals["self"]
     del frame
     return {name: resolver.get_resolved_content(name) for name in checks if name in resolver.items}

@@ -34,7 +34,9 @@ def _dataset(n: int, size: int, seed: int) -> list[dict[str, torch.Tensor]]:
     items = []
     for _ in range(n):
         image, label = create_test_image_2d(size, size, num_objs=6, rad_max=size // 8, noise_max=0.5, random_state=rng)
-        items.append({"image": torch.from_numpy(image[None]).float(), "label": torch.from_numpy(label[None] > 0).float()})
+        items.append(
+            {"image": torch.from_numpy(image[None]).float(), "label": torch.from_numpy(label[None] > 0).float()}
+        )
     return items
 
 
@@ -77,7 +79,11 @@ def run_quantization_demo(
         optimizer=optimizer,
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
         # the recorder goes first: it measures the float network before the first step
-        train_handlers=[recorder, handler, StatsHandler(tag_name="train_loss", output_transform=lambda x: x[0]["loss"])],
+        train_handlers=[
+            recorder,
+            handler,
+            StatsHandler(tag_name="train_loss", output_transform=lambda x: x[0]["loss"]),
+        ],
     )
     trainer.run()
     report = quantization_report(net)

@@ -90,8 +90,9 @@ class OrthancProcess(LoggedProcess):
         (self.folder / "orthanc.json").write_text(json.dumps(config, indent=1))
         self.log_path = self.folder / "orthanc.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([binary, str(self.folder / "orthanc.json")], stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=self.folder)
+        self.proc = subprocess.Popen(
+            [binary, str(self.folder / "orthanc.json")], stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -116,9 +117,12 @@ class OrthancProcess(LoggedProcess):
         """``POST /instances`` for each DICOM file; Orthanc's answers (``ID``, ``ParentSeries``, ``Status``)."""
         answers = []
         for f in files:
-            request = urllib.request.Request(self.url + "/instances", data=Path(f).read_bytes(), method="POST",
-                                             headers={"Content-Type": "application/dicom"})
+            request = urllib.request.Request(
+                self.url + "/instances",
+                data=Path(f).read_bytes(),
+                method="POST",
+                headers={"Content-Type": "application/dicom"},
+            )
             with urllib.request.urlopen(request, timeout=60) as r:
                 answers.append(json.loads(r.read()))
         return answers
-

@@ -80,8 +80,14 @@ def test_pool_has_near_duplicates_and_outliers():
     assert kinds.count("cluster0") == cfg["cluster_size"] and len(test) == cfg["test"]
     a, b = (c for c in pool if c["kind"] == "cluster0")
     # near-duplicates: the same vessels, shifted by at most 3 px
-    assert max(float((a["label"] - b["label"].roll((dy, dx), dims=(1, 2))).abs().sum() == 0)
-               for dy in range(-6, 7) for dx in range(-6, 7)) == 1.0
+    assert (
+        max(
+            float((a["label"] - b["label"].roll((dy, dx), dims=(1, 2))).abs().sum() == 0)
+            for dy in range(-6, 7)
+            for dx in range(-6, 7)
+        )
+        == 1.0
+    )
     assert all(c["image"].shape == (3, cfg["size"], cfg["size"]) and 0 <= float(c["image"].min()) for c in pool)
 
 

@@ -35,7 +35,9 @@ def nifti(path, array, affine=AFFINE):
 
 
 def snapshot(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +54,32 @@ def project(tmp_path_factory):
     for i in range(3):
         label = np.zeros((16, 16, 16), np.uint8)
         label[4:12, 4:12, 4:12] = 1
-        items.append({"image": nifti(good / f"img{i}.nii.gz", rng.random((16, 16, 16)).astype(np.float32)),
-                      "label": nifti(good / f"lbl{i}.nii.gz", label)})
+        items.append(
+            {
+                "image": nifti(good / f"img{i}.nii.gz", rng.random((16, 16, 16)).astype(np.float32)),
+                "label": nifti(good / f"lbl{i}.nii.gz", label),
+            }
+        )
     return root, good, items
 
 
 def run_failing(root, *args, config=TRAIN_3D):
     before = snapshot(root)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config, "--bundle_root", str(root), *args]
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        config,
+        "--bundle_root",
+        str(root),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert snapshot(root) == before  # nothing lost, overwritten or added
     return proc.stdout + proc.stderr
@@ -89,10 +107,20 @@ def test_every_bad_file_of_a_datalist_is_named_in_one_error(project, tmp_path):
     five = np.asarray(nib.load(lbl).dataobj).copy()
     five[0, 0, 0] = 5
     nifti(data / "label_five.nii.gz", five)
-    write_dicom_series(volume * 1000, spacing=(1.5, 1.5, 2.0), out_dir=str(data / "two_series"),
-                       series_uid="1.2.826.0.1.3680043.2.11", series_number=1)
-    write_dicom_series(volume * 1000, spacing=(1.5, 1.5, 2.0), out_dir=str(data / "tmp_series"),
-                       series_uid="1.2.826.0.1.3680043.2.12", series_number=2)
+    write_dicom_series(
+        volume * 1000,
+        spacing=(1.5, 1.5, 2.0),
+        out_dir=str(data / "two_series"),
+        series_uid="1.2.826.0.1.3680043.2.11",
+        series_number=1,
+    )
+    write_dicom_series(
+        volume * 1000,
+        spacing=(1.5, 1.5, 2.0),
+        out_dir=str(data / "tmp_series"),
+        series_uid="1.2.826.0.1.3680043.2.12",
+        series_number=2,
+    )
     for f in sorted((data / "tmp_series").iterdir()):
         os.replace(f, data / "two_series" / f"b_{f.name}")
     write_dicom_series(volume * 1000, spacing=(1.5, 1.5, 2.0), out_dir=str(data / "gap_series"))
@@ -136,7 +164,10 @@ def test_wrong_channel_count_in_2d(project, tmp_path):
     grey = np.random.default_rng(2).integers(0, 255, (32, 32), dtype=np.uint8)
     Image.fromarray(grey).save(tmp_path / "grey.png")
     Image.fromarray(((grey > 128) * 255).astype(np.uint8)).save(tmp_path / "label.png")
-    write_datalist(str(tmp_path / "dataset.json"), [{"image": str(tmp_path / "grey.png"), "label": str(tmp_path / "label.png")}] * 2)
+    write_datalist(
+        str(tmp_path / "dataset.json"),
+        [{"image": str(tmp_path / "grey.png"), "label": str(tmp_path / "label.png")}] * 2,
+    )
     log = run_failing(root, "--dataset_dir", str(tmp_path), "--roi_size", "[16,16]", config="configs/train.json")
     assert f"{tmp_path}/grey.png: has 1 channels, the network expects in_channels=3" in log
 
@@ -178,7 +209,10 @@ def test_overrides_of_the_wrong_type_are_all_named(project):
     log = run_failing(root, "--epochs", "abc", "--roi_size", "16", "--learning_rate", "fast", "--portions", "[0.5,0.4]")
     assert "SettingsError: 4 invalid setting(s)" in log
     assert "--epochs: must be an integer >= 0; got 'abc' (str)" in log
-    assert "--roi_size: must be a list of 3 positive integers, e.g. [64, 64, 64], or 'auto' (planned from the data); got 16 (int)" in log
+    assert (
+        "--roi_size: must be a list of 3 positive integers, e.g. [64, 64, 64], or 'auto' (planned from the data); got 16 (int)"
+        in log
+    )
     assert "--learning_rate: must be a number in (0.0, inf); got 'fast' (str)" in log
     assert "--portions: must be a list of strictly increasing accumulated portions" in log
 

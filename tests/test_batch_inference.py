@@ -71,10 +71,25 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
     earlier = hashlib.sha256((out / "nan_seg.nii.gz").read_bytes()).hexdigest()
 
     configs = json.dumps(["configs/inference.json", "configs/3d.json", tiny_network(parser, tmp_path)])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tmp_path),
-           "--dataset_dir", str(tmp_path / "data"), "--image_glob", "imagesTs/*", "--roi_size", "[16,16,16]"]
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(tmp_path / "data"),
+        "--image_glob",
+        "imagesTs/*",
+        "--roi_size",
+        "[16,16,16]",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
     assert "InferenceInputError: 5 of 9 inputs were not segmented (the other 4 were written)" in log
@@ -86,7 +101,12 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
 
     report = json.loads((out / "inference_report.json").read_text())
     assert report["inputs"] == 9
-    assert sorted(Path(p).name for p in report["segmented"]) == ["case_a.nii.gz", "case_b.nii.gz", "case_c.nii.gz", "ct_good"]
+    assert sorted(Path(p).name for p in report["segmented"]) == [
+        "case_a.nii.gz",
+        "case_b.nii.gz",
+        "case_c.nii.gz",
+        "ct_good",
+    ]
     failed = {Path(f["image"]).name: " ".join(f["problems"]) for f in report["failed"]}
     assert set(failed) == bad
     assert "channels" in failed["four_d.nii.gz"] and "NaN" in failed["nan.nii.gz"]
@@ -97,20 +117,38 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
 def _run_2d_inference(tmp_path, images, num_classes):
     parser = ConfigParser()
     parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
-    tiny = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "in_channels": 1, "modality": "mr",
-            "num_classes": num_classes, "roi_size": [32, 32]}
+    tiny = {
+        "network_def#backbone_kwargs#channels": [4, 8, 16, 32],
+        "in_channels": 1,
+        "modality": "mr",
+        "num_classes": num_classes,
+        "roi_size": [32, 32],
+    }
     for key, value in tiny.items():
         parser[key] = value
     (tmp_path / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
     configs = json.dumps(["configs/inference.json", tiny_network(parser, tmp_path)])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
-           "--bundle_root", str(tmp_path), "--dataset_dir", str(images.parent), "--image_glob", "imagesTs/*"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(images.parent),
+        "--image_glob",
+        "imagesTs/*",
+    ]
     for key, value in tiny.items():
         if not key.startswith("network_def#"):
             cmd += [f"--{key}", json.dumps(value)]
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return tmp_path / "eval" / "predictions"
 

@@ -28,8 +28,18 @@ FAST = ["--epochs", "1", "--epochQ", "1", "--val_interval", "5"]  # 1 + 4 x 1 = 
 def run_bundle(run_id, configs, bundle_root, *args, timeout=900):
     files = [f"configs/{c}" for c in configs]
     config_arg = files[0] if len(files) == 1 else json.dumps(files)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_arg,
-           "--bundle_root", str(bundle_root), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        config_arg,
+        "--bundle_root",
+        str(bundle_root),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -45,8 +55,19 @@ def trained_2d(tmp_path_factory):
 
 def test_metadata_is_complete():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"):
+    for key in (
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+    ):
         assert meta.get(key), key
     assert meta["version"] in meta["changelog"]
     fmt = meta["network_data_format"]
@@ -63,7 +84,9 @@ def test_metadata_is_complete():
 
 @pytest.mark.parametrize("workflow_type,configs", [("train", ["train.json"]), ("infer", ["inference.json"])])
 def test_check_properties(tmp_path, monkeypatch, workflow_type, configs):
-    monkeypatch.chdir(BUNDLE)  # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from here
+    monkeypatch.chdir(
+        BUNDLE
+    )  # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from here
     files = [str(CONFIGS / c) for c in configs]
     workflow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
@@ -88,8 +111,21 @@ def test_train_resume_evaluate_infer_2d(trained_2d):
     assert ckpt.is_file()
 
     # resume the schedule-complete checkpoint for 4 more epochs (epochQ 2: 1 + 4 x 2 = 9)
-    log = run_bundle("training", ["train.json"], root, "--epochs", "1", "--epochQ", "2", "--val_interval", "5",
-                     "--demo_size", "64", "--resume_from", str(ckpt))
+    log = run_bundle(
+        "training",
+        ["train.json"],
+        root,
+        "--epochs",
+        "1",
+        "--epochQ",
+        "2",
+        "--val_interval",
+        "5",
+        "--demo_size",
+        "64",
+        "--resume_from",
+        str(ckpt),
+    )
     assert "Epoch: 9/9" in log and "Epoch: 5/9" not in log
 
     run_bundle("evaluating", ["train.json", "evaluate.json"], root, "--demo_size", "64")
@@ -116,8 +152,17 @@ def test_shipped_or_trained_checkpoint_matches_network_def_exactly(trained_2d):
 
 def test_distill_and_student_inference(trained_2d):
     root, _ = trained_2d
-    run_bundle("training", ["train.json", "distill.json"], root, "--student_epochs", "2", "--val_interval", "1",
-               "--demo_size", "64")
+    run_bundle(
+        "training",
+        ["train.json", "distill.json"],
+        root,
+        "--student_epochs",
+        "2",
+        "--val_interval",
+        "1",
+        "--demo_size",
+        "64",
+    )
     assert (root / "models" / "student.pt").is_file()
     run_bundle("run", ["inference.json", "inference_student.json"], root)
     assert len(list((root / "eval" / "predictions_student").glob("*_seg.png"))) == 4
@@ -128,7 +173,9 @@ def test_train_and_infer_3d_nifti_and_dicom(tmp_path):
     src = sorted((tmp_path / "data" / "demo_3d" / "imagesTs").glob("*.nii.gz"))[0]
     # a DICOM series beside the NIfTI test volumes
     volume = nib.load(str(src)).get_fdata().astype(np.float32) * 1000.0
-    write_dicom_series(volume, spacing=(1.5, 1.5, 2.0), out_dir=str(tmp_path / "data" / "demo_3d" / "imagesTs" / "ct_series"))
+    write_dicom_series(
+        volume, spacing=(1.5, 1.5, 2.0), out_dir=str(tmp_path / "data" / "demo_3d" / "imagesTs" / "ct_series")
+    )
     run_bundle("run", ["inference.json", "3d.json"], tmp_path, "--roi_size", "[32,32,32]", "--image_glob", "imagesTs/*")
     out = tmp_path / "eval" / "predictions"
     pred = nib.load(str(out / src.name.replace(".nii.gz", "_seg.nii.gz")))
@@ -139,8 +186,17 @@ def test_train_and_infer_3d_nifti_and_dicom(tmp_path):
     assert dicom_pred.shape == volume.shape
 
     # DICOM SEG on request: the same labels, frame by frame, referencing the source series
-    run_bundle("run", ["inference.json", "3d.json", "dicom_seg.json"], tmp_path, "--roi_size", "[32,32,32]",
-               "--image_glob", "imagesTs/ct_series", "--output_dir", str(tmp_path / "seg"))
+    run_bundle(
+        "run",
+        ["inference.json", "3d.json", "dicom_seg.json"],
+        tmp_path,
+        "--roi_size",
+        "[32,32,32]",
+        "--image_glob",
+        "imagesTs/ct_series",
+        "--output_dir",
+        str(tmp_path / "seg"),
+    )
     seg = pydicom.dcmread(str(tmp_path / "seg" / "ct_series_seg.dcm"))
     assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "foreground"
     frames = np.zeros(volume.shape[::-1], np.uint8)  # (slices, rows, columns)
@@ -152,8 +208,23 @@ def test_train_and_infer_3d_nifti_and_dicom(tmp_path):
 
 def test_multi_process_training_with_torchrun(tmp_path):
     configs = json.dumps(["configs/train.json", "configs/multi_gpu_train.json"])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
-           "--config_file", configs, "--bundle_root", str(tmp_path), *FAST, "--demo_size", "64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(tmp_path),
+        *FAST,
+        "--demo_size",
+        "64",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -162,13 +233,43 @@ def test_multi_process_training_with_torchrun(tmp_path):
 
 def test_verify_net_in_out_and_ckpt_export(trained_2d, tmp_path):
     root, _ = trained_2d
-    common = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--bundle_root", str(root)]
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", *common,
-                           "--device", "cpu"], cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    common = [
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--bundle_root",
+        str(root),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", *common, "--device", "cpu"],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
-                           "--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(root / "models" / "model.pt"),
-                           "--use_trace", "True", "--input_shape", "[1, 3, 64, 64]", *common],
-                          cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(tmp_path / "model.ts"),
+            "--ckpt_file",
+            str(root / "models" / "model.pt"),
+            "--use_trace",
+            "True",
+            "--input_shape",
+            "[1, 3, 64, 64]",
+            *common,
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "model.ts").is_file()

@@ -85,8 +85,18 @@ def test_inference_json_runs_alone_from_the_bundle_root_on_other_portions(tmp_pa
     network = tmp_path / "tiny_network.json"
     network.write_text(json.dumps({"network_def": parser_of("inference.json")["network_def"]}))
     configs = json.dumps(["configs/inference.json", str(network)])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(tmp_path),
-           "--demo_size", "64"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(tmp_path),
+        "--demo_size",
+        "64",
+    ]
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert len(list((tmp_path / "eval" / "predictions").glob("*_seg.png"))) == 4
@@ -106,9 +116,30 @@ def test_run_and_training_are_one_list():
 
 @pytest.mark.slow
 def test_configured_handlers_produce_what_they_are_for(tmp_path):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--bundle_root",
-           str(tmp_path), "--epochs", "1", "--epochQ", "1", "--val_interval", "1", "--demo_size", "64", "--roi_size",
-           "[32,32]", "--network_def#backbone_kwargs#channels", "[4,8,16,32]", "--portions", "[0.5,1.0]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--bundle_root",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--epochQ",
+        "1",
+        "--val_interval",
+        "1",
+        "--demo_size",
+        "64",
+        "--roi_size",
+        "[32,32]",
+        "--network_def#backbone_kwargs#channels",
+        "[4,8,16,32]",
+        "--portions",
+        "[0.5,1.0]",
+    ]
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]

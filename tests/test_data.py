@@ -151,12 +151,16 @@ def _fake_drive(root, with_test_labels=True):
         for sub in ("images", "1st_manual", "mask"):
             (root / split / sub).mkdir(parents=True)
         for n in numbers:
-            Image.fromarray(rng.integers(0, 255, (58, 56, 3), dtype=np.uint8)).save(root / split / "images" / f"{n:02d}_{split}.tif")
+            Image.fromarray(rng.integers(0, 255, (58, 56, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{n:02d}_{split}.tif"
+            )
             Image.fromarray((rng.random((58, 56)) > 0.5).astype(np.uint8) * 255).convert("P").save(
-                root / split / "mask" / f"{n:02d}_{split}_mask.gif")
+                root / split / "mask" / f"{n:02d}_{split}_mask.gif"
+            )
             if split == "training" or with_test_labels:
                 Image.fromarray((rng.random((58, 56)) > 0.8).astype(np.uint8) * 255).convert("1").save(
-                    root / split / "1st_manual" / f"{n:02d}_manual1.gif")
+                    root / split / "1st_manual" / f"{n:02d}_manual1.gif"
+                )
 
 
 def test_prepare_drive(tmp_path, capsys):

@@ -160,7 +160,11 @@ def test_2d_png_problems(tmp_path):
     rgb = np.zeros((20, 30, 3), np.uint8)
     binary = np.zeros((20, 30), np.uint8)
     binary[5:8] = 255
-    image, label, mask = png(tmp_path / "img.png", rgb), png(tmp_path / "lab.png", binary), png(tmp_path / "fov.png", binary)
+    image, label, mask = (
+        png(tmp_path / "img.png", rgb),
+        png(tmp_path / "lab.png", binary),
+        png(tmp_path / "fov.png", binary),
+    )
     ok = {"image": image, "label": label, "mask": mask}
     check_datalist([ok], spatial_dims=2, in_channels=3, num_classes=2)  # 0/255 labels and masks are binary
     grey = binary.copy()

@@ -57,7 +57,9 @@ def test_empty_missing_and_broken_sections(dataset):
 
 
 def test_write_datalist_round_trip(tmp_path):
-    training = [{"image": str(tmp_path / "imagesTr" / "x.nii.gz"), "label": str(tmp_path / "labelsTr" / "x.nii.gz"), "fold": 1}]
+    training = [
+        {"image": str(tmp_path / "imagesTr" / "x.nii.gz"), "label": str(tmp_path / "labelsTr" / "x.nii.gz"), "fold": 1}
+    ]
     test = [{"image": "/abs/elsewhere/y.nii.gz"}]
     path = write_datalist(str(tmp_path / "dataset.json"), training, test, name="demo", tensorImageSize="3D")
     content = json.loads(open(path).read())

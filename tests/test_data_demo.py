@@ -32,7 +32,11 @@ def load(item):
 
 
 def digest(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,9 @@ def demo3d(tmp_path_factory):
 def test_3d_nifti_shape_affine_and_msd_datalist(demo3d):
     content = json.loads(Path(demo3d).read_text())
     assert content["tensorImageSize"] == "3D" and content["numTraining"] == 3 and content["numTest"] == 1
-    assert content["training"][0]["image"].startswith("./imagesTr/") and content["training"][0]["label"].startswith("./labelsTr/")
+    assert content["training"][0]["image"].startswith("./imagesTr/") and content["training"][0]["label"].startswith(
+        "./labelsTr/"
+    )
     assert set(content["labels"]) == {"0", "1"} and content["modality"] == {"0": "MR"}
     # MONAI's own datalist reader takes it as is
     items = load_decathlon_datalist(demo3d, data_list_key="training")
@@ -91,7 +97,10 @@ def test_2d_png_rgb_label_and_fov_mask(tmp_path):
     data = load(item)
     assert data["image"].shape == (3, 96, 96) and data["label"].shape == data["mask"].shape == (1, 96, 96)
     data = Compose(label_transform(["label", "mask"]) + intensity_normalization("rgb"))(data)
-    assert set(torch.unique(data["label"]).tolist()) == {0.0, 1.0} and set(torch.unique(data["mask"]).tolist()) == {0.0, 1.0}
+    assert set(torch.unique(data["label"]).tolist()) == {0.0, 1.0} and set(torch.unique(data["mask"]).tolist()) == {
+        0.0,
+        1.0,
+    }
     mask, label = data["mask"][0].bool(), data["label"][0].bool()
     assert not (label & ~mask).any()  # vessels only inside the field of view
     assert 0.6 < float(mask.float().mean()) < 0.75  # a disc of radius 0.47 * size covers ~69%
@@ -142,7 +151,10 @@ def test_ensure_demo_data_generates_once_deterministically(tmp_path, capsys, cap
     assert digest(tmp_path / "b") == before
     ensure_demo_data(str(tmp_path / "c"), 2, seed=8)
     other = digest(tmp_path / "c")
-    assert other.keys() == before.keys() and other["imagesTr/vessel_training_000.png"] != before["imagesTr/vessel_training_000.png"]
+    assert (
+        other.keys() == before.keys()
+        and other["imagesTr/vessel_training_000.png"] != before["imagesTr/vessel_training_000.png"]
+    )
 
 
 def test_ensure_demo_data_3d_is_byte_deterministic(tmp_path):
@@ -209,7 +221,9 @@ def test_concurrent_callers_get_one_complete_set(tmp_path):
 
     target = str(tmp_path / "shared")
     with ThreadPoolExecutor(3) as pool:
-        paths = list(pool.map(lambda _: ensure_demo_data(target, 3, num_train=2, num_test=1, size=16, seed=0), range(3)))
+        paths = list(
+            pool.map(lambda _: ensure_demo_data(target, 3, num_train=2, num_test=1, size=16, seed=0), range(3))
+        )
     assert paths == [str(tmp_path / "shared" / "dataset.json")] * 3
     assert [p.name for p in tmp_path.iterdir()] == ["shared"]
     reference = ensure_demo_data(str(tmp_path / "ref"), 3, num_train=2, num_test=1, size=16, seed=0)

@@ -31,7 +31,9 @@ def fake_drive(root, train=(21, 22), test=(1, 2), test_labels=True, size=(H, W))
             Image.fromarray(image).save(root / split / "images" / f"{n:02d}_{split}.tif")
             Image.fromarray(fov * np.uint8(255)).save(root / split / "mask" / f"{n:02d}_{split}_mask.gif")
             if split == "training" or test_labels:
-                Image.fromarray(label * np.uint8(255)).convert("1").save(root / split / "1st_manual" / f"{n:02d}_manual1.gif")
+                Image.fromarray(label * np.uint8(255)).convert("1").save(
+                    root / split / "1st_manual" / f"{n:02d}_manual1.gif"
+                )
             truth[(split, n)] = (image, label, fov)
     return truth
 
@@ -51,7 +53,11 @@ def test_prepare_drive_converts_to_loadable_pngs(tmp_path):
     assert path == str(tmp_path / "DRIVE_prepared" / "dataset.json")
     content = json.loads(open(path).read())
     assert content["numTraining"] == 2 and content["numTest"] == 2 and content["tensorImageSize"] == "2D"
-    assert content["training"][0] == {"image": "./imagesTr/drive_21.png", "mask": "./masksTr/drive_21.png", "label": "./labelsTr/drive_21.png"}
+    assert content["training"][0] == {
+        "image": "./imagesTr/drive_21.png",
+        "mask": "./masksTr/drive_21.png",
+        "label": "./labelsTr/drive_21.png",
+    }
     assert all("label" not in e for e in content["test"]) and "2 test images without labels" in content["description"]
 
     items = load_datalist(path)

@@ -63,7 +63,9 @@ def test_num_samples_counts_crops_per_median_image(mr_set):
 
 
 def test_write_plan_keeps_settings_and_fingerprint(mr_set, tmp_path):
-    path = write_plan(tmp_path / "out", {"roi_size": [128, 128], "epochs": 3, "device": object()}, load_datalist(mr_set, "training"))
+    path = write_plan(
+        tmp_path / "out", {"roi_size": [128, 128], "epochs": 3, "device": object()}, load_datalist(mr_set, "training")
+    )
     plan = json.loads(open(path).read())
     assert plan["settings"] == {"roi_size": [128, 128], "epochs": 3}
     assert plan["fingerprint"]["median_size"] == [200, 232]

@@ -81,8 +81,14 @@ def test_bounds_and_errors():
 
 
 def test_train_output_is_the_typed_contract():
-    net = QMENet(2, 1, 2, backbone_kwargs={"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)},
-                 quantization="float", probe_size=32)
+    net = QMENet(
+        2,
+        1,
+        2,
+        backbone_kwargs={"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)},
+        quantization="float",
+        probe_size=32,
+    )
     out = net(torch.randn(2, 1, 32, 32))
     assert ens.is_ensemble_output(out) and not ens.is_ensemble_output(out["logits"][0])
     assert set(out) == set(ens.EnsembleOutput.__annotations__)
@@ -90,8 +96,14 @@ def test_train_output_is_the_typed_contract():
 
 
 def test_overlay_handler_uses_learner_probabilities(tmp_path):
-    net = QMENet(2, 1, 2, backbone_kwargs={"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)},
-                 quantization="float", probe_size=32)
+    net = QMENet(
+        2,
+        1,
+        2,
+        backbone_kwargs={"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)},
+        quantization="float",
+        probe_size=32,
+    )
     image = torch.randn(1, 48, 40)
     with torch.no_grad():
         expected = net.eval().probabilities(image[None])[:, 0]

@@ -17,8 +17,8 @@ from qddens_monai.evaluation import (
     EnsembleMemberd,
     EnsembleMetrics,
     LearnerProbabilities,
-    image_metrics,
     disagreement_matrices,
+    image_metrics,
     member_names,
     merge_learners,
     split_learners,
@@ -48,8 +48,12 @@ def _tiny_qmenet(spatial_dims=2):
     from qddens_monai.networks import QMENet
 
     net = QMENet(
-        spatial_dims, 1, 2, backbone_kwargs={"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)},
-        quantization="float", probe_size=32,
+        spatial_dims,
+        1,
+        2,
+        backbone_kwargs={"channels": (4, 8, 16, 16), "layers": (1, 1, 1, 1)},
+        quantization="float",
+        probe_size=32,
     )
     return net.eval()
 
@@ -285,7 +289,10 @@ def test_supervised_evaluator_2d(tmp_path):
     evaluator.run()
     out = tmp_path / "eval"
     assert sorted(os.listdir(out)) == [
-        "dice_comparison.png", "metrics_per_image.csv", "metrics_summary.csv", "metrics_summary.json",
+        "dice_comparison.png",
+        "metrics_per_image.csv",
+        "metrics_summary.csv",
+        "metrics_summary.json",
     ]
     rows = _read_csv(out / "metrics_per_image.csv")
     assert [r["image"] for r in rows] == [f"/data/case_{i}.nii.gz" for i in range(3)]
@@ -326,8 +333,12 @@ def test_supervised_evaluator_3d_key_metric(tmp_path):
     from monai.inferers import SlidingWindowInferer
 
     net = _tiny_qmenet(3)
-    metric = EnsembleMetrics(output_dir=tmp_path, metrics=("dice", "sensitivity", "specificity", "auc"),
-                             members=("ensemble", "meta", "base_mean"), plot_filename=None)
+    metric = EnsembleMetrics(
+        output_dir=tmp_path,
+        metrics=("dice", "sensitivity", "specificity", "auc"),
+        members=("ensemble", "meta", "base_mean"),
+        plot_filename=None,
+    )
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(Dataset(_dataset(2, (20, 16, 16), with_mask=False)), batch_size=1),
@@ -358,8 +369,9 @@ def _dist_worker(rank, world, port, out_dir):
         lab = _square_label()
         good, bad = _probs_from_mask(lab[0]), _probs_from_mask(1 - lab[0])
         m = EnsembleMetrics(output_dir=out_dir, metrics=("dice",), plot_filename=None, num_classes=2)
-        m.update(([merge_learners(torch.stack([good if rank == 0 else bad] * 2)[:, None])[0]], [lab], None,
-                  [f"img{rank}"]))
+        m.update(
+            ([merge_learners(torch.stack([good if rank == 0 else bad] * 2)[:, None])[0]], [lab], None, [f"img{rank}"])
+        )
         value = m.compute()
         assert value == pytest.approx(0.5), value  # both ranks see both images
         m.write()

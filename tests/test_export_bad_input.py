@@ -33,8 +33,17 @@ def _fresh_network():
     return parser.get_parsed_content("network_def")
 
 
-@pytest.mark.parametrize("name", ["Retinal_vessel_segmentation", "spleen", "vessel_segmentation", "../a_b_c",
-                                  "retinal-vessel_fundus_segmentation", "retinal_vessel fundus_segmentation"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Retinal_vessel_segmentation",
+        "spleen",
+        "vessel_segmentation",
+        "../a_b_c",
+        "retinal-vessel_fundus_segmentation",
+        "retinal_vessel fundus_segmentation",
+    ],
+)
 def test_invalid_zoo_names_are_refused_before_anything_is_written(tmp_path, name):
     with pytest.raises(ValueError, match="not a valid Model Zoo bundle name"):
         export_zoo(name, tmp_path / "out")

@@ -16,11 +16,24 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_benchmark.
 
 def test_export_benchmark_quick(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for line in ["qme_net (shipped)", "qdd_ens 5 bits", "Latency 2D", "Latency 3D", "ONNX Runtime int8",
-                 "student eager", "Dice vs label", "Targets: "]:
+    for line in [
+        "qme_net (shipped)",
+        "qdd_ens 5 bits",
+        "Latency 2D",
+        "Latency 3D",
+        "ONNX Runtime int8",
+        "student eager",
+        "Dice vs label",
+        "Targets: ",
+    ]:
         assert line in proc.stdout, line
     results = json.loads((tmp_path / "results.json").read_text())
     for name, s in results["sizes"].items():
@@ -29,8 +42,14 @@ def test_export_benchmark_quick(tmp_path):
     assert abs(results["sizes"]["qdd_ens 5 bits"]["packed_bits_per_weight"] - 5) < 0.1
     for case in ("2D", "3D"):
         r = results["latency"][case]
-        assert set(r["seconds"]) == {"eager float", "TorchScript traced", "TorchScript scripted", "ONNX Runtime float",
-                                     "ONNX Runtime int8", "student eager"}
+        assert set(r["seconds"]) == {
+            "eager float",
+            "TorchScript traced",
+            "TorchScript scripted",
+            "ONNX Runtime float",
+            "ONNX Runtime int8",
+            "student eager",
+        }
         assert all(v > 0 for v in r["seconds"].values())
         assert r["mask_dice_vs_eager"]["ONNX Runtime float"] > 0.999
     assert set(results["latency"]["2D"]["dice_vs_label"]) == {"eager float", "ONNX Runtime float", "ONNX Runtime int8"}

@@ -42,7 +42,9 @@ def test_packed_start_equals_the_frozen_network(tmp_path, entropy_coding):
 def test_packed_file_of_another_network_is_refused(tmp_path):
     path = tmp_path / "model_packed.bin"
     save_packed(quantized_unet(), path)
-    with pytest.raises(RuntimeError, match=r"(?s)model_packed.bin does not match UNet \(same network_def\?\): .*size mismatch"):
+    with pytest.raises(
+        RuntimeError, match=r"(?s)model_packed.bin does not match UNet \(same network_def\?\): .*size mismatch"
+    ):
         load_packed_network(small_unet(channels=(4, 8, 32)), path)
 
 
@@ -53,11 +55,11 @@ def test_header_is_compressed_and_version_1_files_still_read(tmp_path):
     prefix = struct.Struct("<8sIQ")
     magic, version, header_len = prefix.unpack_from(data)
     assert version == 2
-    header = zlib.decompress(data[prefix.size: prefix.size + header_len])
+    header = zlib.decompress(data[prefix.size : prefix.size + header_len])
     assert len(header) > 2 * header_len  # the JSON names every tensor; it compresses well
     assert json.loads(header)["format_version"] == 2
     # the same file as format version 1 wrote it: plain JSON header
     v1 = tmp_path / "v1.bin"
-    v1.write_bytes(prefix.pack(magic, 1, len(header)) + header + data[prefix.size + header_len:])
+    v1.write_bytes(prefix.pack(magic, 1, len(header)) + header + data[prefix.size + header_len :])
     expected, got = load_packed(path), load_packed(v1)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

@@ -66,7 +66,13 @@ def fresh_python(tmp_path_factory, exported):
     python = env_dir / "bin" / "python"
     pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}"]
     pins += [f"{k}=={v}" for k, v in meta["required_packages_version"].items()]  # fire included
-    run(["-m", "pip", "install", "-q", "--disable-pip-version-check", *pins], env_dir, python, timeout=900, env=clean_env())
+    run(
+        ["-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
+        env_dir,
+        python,
+        timeout=900,
+        env=clean_env(),
+    )
     return python
 
 
@@ -77,10 +83,22 @@ def clean_env():
 
 def test_layout_zip_and_metadata(exported):
     folder = exported.folder
-    for rel in ["LICENSE", "large_files.yml", "docs/README.md", "docs/data_license.txt", "configs/inference.json",
-                "configs/inference_packed.json", "configs/inference_onnx.json", "configs/train.json",
-                "configs/evaluate.json", "configs/metadata.json", "configs/logging.conf", "scripts/__init__.py",
-                "scripts/qddens_monai/networks/qmenet.py", "scripts/qddens_monai/export/onnx.py"]:
+    for rel in [
+        "LICENSE",
+        "large_files.yml",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "configs/inference.json",
+        "configs/inference_packed.json",
+        "configs/inference_onnx.json",
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/metadata.json",
+        "configs/logging.conf",
+        "scripts/__init__.py",
+        "scripts/qddens_monai/networks/qmenet.py",
+        "scripts/qddens_monai/export/onnx.py",
+    ]:
         assert (folder / rel).is_file(), rel
     assert sorted(p.name for p in (folder / "models").iterdir()) == ARTIFACTS
     for left_out in ["cli.py", "demo.py", "label", "export/zoo.py", "export/vendor.py"]:
@@ -91,7 +109,7 @@ def test_layout_zip_and_metadata(exported):
 
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     with zipfile.ZipFile(exported.zip_path) as z:
-        zipped = {n[len(NAME) + 1:]: z.read(n) for n in z.namelist()}
+        zipped = {n[len(NAME) + 1 :]: z.read(n) for n in z.namelist()}
         assert all(n.startswith(f"{NAME}/") for n in z.namelist())
     assert zipped == files
 
@@ -106,9 +124,20 @@ def test_layout_zip_and_metadata(exported):
     assert (folder / "large_files.yml").read_text() == "large_files: []\n"  # no --weights-url: weights kept
 
     readme = (folder / "docs" / "README.md").read_text()
-    for heading in ["### **Authors**", "### **Tags**", "## Model Overview", "## Data", "## Performance",
-                    "## MONAI Bundle Commands", "execute multi-GPU training", "#### TorchScript and TensorRT",
-                    "## System Configuration", "## Limitations", "## Citation Info", "## References"]:
+    for heading in [
+        "### **Authors**",
+        "### **Tags**",
+        "## Model Overview",
+        "## Data",
+        "## Performance",
+        "## MONAI Bundle Commands",
+        "execute multi-GPU training",
+        "#### TorchScript and TensorRT",
+        "## System Configuration",
+        "## Limitations",
+        "## Citation Info",
+        "## References",
+    ]:
         assert heading in readme
     for artifact in ARTIFACTS:
         size = (folder / "models" / artifact).stat().st_size
@@ -127,7 +156,9 @@ def test_torchscript_and_packed_start_reproduce_the_eager_model(exported):
         torch.testing.assert_close(ts(x), expected, atol=1e-5, rtol=1e-5)
         parser = ConfigParser()
         parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
-        packed = load_packed_network(parser.get_parsed_content("network_def"), exported.folder / "models" / "model_packed.bin")
+        packed = load_packed_network(
+            parser.get_parsed_content("network_def"), exported.folder / "models" / "model_packed.bin"
+        )
         assert torch.equal(packed.eval()(x), expected)  # bit-identical weights
     assert meta["version"] == json.loads((exported.folder / "configs" / "metadata.json").read_text())["version"]
 
@@ -140,19 +171,34 @@ def test_onnx_runtime_float_and_int8_agree_with_pytorch(exported, data_dir):
     x = torch.rand(3, 3, *[MAX_ROI_SIZE[2]] * 2)
     with torch.no_grad():
         expected = freeze(net).eval()(x)
-    torch.testing.assert_close(OnnxRuntimeNetwork(exported.folder / "models" / "model.onnx")(x), expected,
-                               atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        OnnxRuntimeNetwork(exported.folder / "models" / "model.onnx")(x), expected, atol=1e-3, rtol=1e-3
+    )
     # the int8 model through the bundle's own ONNX config, from the exported folder
-    infer(exported.folder, ["inference.json", "inference_onnx.json"], sys.executable, None,
-          "--dataset_dir", str(data_dir), "--onnx_file", "models/model_int8.onnx")
+    infer(
+        exported.folder,
+        ["inference.json", "inference_onnx.json"],
+        sys.executable,
+        None,
+        "--dataset_dir",
+        str(data_dir),
+        "--onnx_file",
+        "models/model_int8.onnx",
+    )
     assert len(list((exported.folder / "eval" / "predictions_onnx_model_int8").glob("*_seg.png"))) == 4
 
 
 def test_exported_bundle_runs_in_a_fresh_venv_without_qddens_monai(exported, fresh_python, data_dir, tmp_path):
     folder = exported.folder
     env = clean_env()
-    proc = subprocess.run([str(fresh_python), "-c", "import qddens_monai"], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(fresh_python), "-c", "import qddens_monai"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "No module named 'qddens_monai'" in proc.stderr
     infer(folder, ["inference.json"], fresh_python, env, "--dataset_dir", str(data_dir))
     infer(folder, ["inference.json", "inference_packed.json"], fresh_python, env, "--dataset_dir", str(data_dir))
@@ -162,8 +208,9 @@ def test_exported_bundle_runs_in_a_fresh_venv_without_qddens_monai(exported, fre
         assert f.read_bytes() == (folder / "eval" / "predictions_packed" / f.name).read_bytes(), f.name
     # the same run with the installed package (this checkout) writes the same files
     reference = tmp_path / "reference"
-    infer(folder, ["inference.json"], sys.executable, None, "--dataset_dir", str(data_dir), "--output_dir",
-          str(reference))
+    infer(
+        folder, ["inference.json"], sys.executable, None, "--dataset_dir", str(data_dir), "--output_dir", str(reference)
+    )
     for f in plain:
         assert f.read_bytes() == (reference / f.name).read_bytes(), f.name
 
@@ -176,8 +223,23 @@ def test_exported_bundle_runs_in_a_fresh_venv_without_qddens_monai(exported, fre
     )
     out = run(["-c", code], folder, fresh_python, env=env)
     assert "scripts.qddens_monai.networks.qmenet QMENet (1, 2, 64, 64)" in out
-    run(["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-         "--config_file", "configs/inference.json", "--device", "cpu"], folder, fresh_python, env=env)
+    run(
+        [
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--device",
+            "cpu",
+        ],
+        folder,
+        fresh_python,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -188,18 +250,44 @@ def distilled_bundle(tmp_path_factory):
         shutil.copytree(BUNDLE / part, root / part)
     (root / "models").mkdir()
     shutil.copy2(BUNDLE / "models" / "model.pt", root / "models" / "model.pt")
-    run(["-m", "monai.bundle", "run", "training", "--config_file", '["configs/train.json","configs/distill.json"]',
-         "--bundle_root", str(root), "--student_epochs", "1", "--val_interval", "1", "--demo_size", "64"], root)
+    run(
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            '["configs/train.json","configs/distill.json"]',
+            "--bundle_root",
+            str(root),
+            "--student_epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--demo_size",
+            "64",
+        ],
+        root,
+    )
     assert (root / "models" / "student.pt").is_file()
     return root
 
 
 def test_student_export_runs_in_the_fresh_venv(distilled_bundle, fresh_python, tmp_path):
-    result = export_zoo(STUDENT, tmp_path / "out", bundle_dir=distilled_bundle, student=True,
-                        dataset_dir=distilled_bundle / "data" / "demo_2d")
+    result = export_zoo(
+        STUDENT,
+        tmp_path / "out",
+        bundle_dir=distilled_bundle,
+        student=True,
+        dataset_dir=distilled_bundle / "data" / "demo_2d",
+    )
     folder = result.folder
-    assert sorted(p.name for p in (folder / "models").iterdir()) == ["model.onnx", "model.pt", "model.ts",
-                                                                      "model_int8.onnx"]  # a float student: no packed file
+    assert sorted(p.name for p in (folder / "models").iterdir()) == [
+        "model.onnx",
+        "model.pt",
+        "model.ts",
+        "model_int8.onnx",
+    ]  # a float student: no packed file
     inference = json.loads((folder / "configs" / "inference.json").read_text())
     assert inference["network_def"]["_target_"] == "UNet"  # MONAI's own UNet: nothing to vendor for it
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
@@ -212,6 +300,12 @@ def test_student_export_runs_in_the_fresh_venv(distilled_bundle, fresh_python, t
     with torch.no_grad():
         ts, _, _ = load_net_with_metadata(str(folder / "models" / "model.ts"))
         torch.testing.assert_close(ts(x), student(x), atol=1e-5, rtol=1e-5)
-    infer(folder, ["inference.json"], fresh_python, clean_env(), "--dataset_dir",
-          str(distilled_bundle / "data" / "demo_2d"))
+    infer(
+        folder,
+        ["inference.json"],
+        fresh_python,
+        clean_env(),
+        "--dataset_dir",
+        str(distilled_bundle / "data" / "demo_2d"),
+    )
     assert len(list((folder / "eval" / "predictions").glob("*_seg.png"))) == 4

@@ -25,8 +25,12 @@ NETS = {
     "unet3d": lambda: UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
     "basicunet2d": lambda: BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)),
     "basicunet3d": lambda: BasicUNet(3, 1, 2, features=(4, 4, 8, 8, 16, 4)),
-    "segresnet2d": lambda: SegResNet(2, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1), blocks_up=(1, 1)),
-    "segresnet3d": lambda: SegResNet(3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1), blocks_up=(1, 1)),
+    "segresnet2d": lambda: SegResNet(
+        2, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1), blocks_up=(1, 1)
+    ),
+    "segresnet3d": lambda: SegResNet(
+        3, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1, 1), blocks_up=(1, 1)
+    ),
 }
 
 

@@ -30,8 +30,9 @@ def make_trainer(max_epochs, handlers_before=(), seed=0, quantize=True):
         for _ in range(4)
     ]
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    handler = IncrementalQuantizationHandler(net, fp_epochs=2, epochs_per_step=1, optimizer=optimizer, reset_lr=True,
-                                             lr_decay=0.5, steps=4)
+    handler = IncrementalQuantizationHandler(
+        net, fp_epochs=2, epochs_per_step=1, optimizer=optimizer, reset_lr=True, lr_decay=0.5, steps=4
+    )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=max_epochs,
@@ -75,13 +76,16 @@ def test_resume_from_checkpoint_mid_schedule_equals_uninterrupted(tmp_path):
     full.run()
 
     first, net, optimizer, _ = make_trainer(max_epochs=3)
-    CheckpointSaver(str(tmp_path), {"network": net, "optimizer": optimizer, "trainer": first}, save_interval=1,
-                    epoch_level=True).attach(first)
+    CheckpointSaver(
+        str(tmp_path), {"network": net, "optimizer": optimizer, "trainer": first}, save_interval=1, epoch_level=True
+    ).attach(first)
     first.run()
     ckpt = tmp_path / "checkpoint_epoch=3.pt"
     assert ckpt.exists() and quantization_progress(net)[0] == 2
 
-    resumed, resumed_net, resumed_opt, _ = make_trainer(max_epochs=6, seed=123)  # different init: all comes from the checkpoint
+    resumed, resumed_net, resumed_opt, _ = make_trainer(
+        max_epochs=6, seed=123
+    )  # different init: all comes from the checkpoint
     loader = CheckpointLoader(str(ckpt), {"network": resumed_net, "optimizer": resumed_opt, "trainer": resumed})
     loader.attach(resumed)  # attached after the quantization handler: the order must not matter
     resumed.run()
@@ -100,6 +104,8 @@ def test_resume_in_a_new_process_equals_never_stopping(tmp_path):
     subprocess.run([*job, "--out", str(tmp_path / "straight.pt")], check=True)
     mid = torch.load(tmp_path / "mid.pt")
     resumed, straight = torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "straight.pt")
-    assert mid["iteration"] == 12 and 0 < int(mid["network"]["model.0.conv.unit0.conv.parametrizations.weight.0.step"]) < 4
+    assert (
+        mid["iteration"] == 12 and 0 < int(mid["network"]["model.0.conv.unit0.conv.parametrizations.weight.0.step"]) < 4
+    )
     for k in straight["network"]:
         assert torch.equal(resumed["network"][k], straight["network"][k]), k

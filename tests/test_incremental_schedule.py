@@ -154,8 +154,13 @@ def test_exclude_leaves_layers_in_float():
 def test_state_round_trips_through_state_dict_mid_schedule():
     a = quantize_network(small_unet(), "log_minmax", 4, partition="two_stage", seed=5)
     quantization_step(a), quantization_step(a)
-    b = quantize_network(UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1), "log_minmax", 4,
-                         partition="two_stage", seed=5)
+    b = quantize_network(
+        UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
+        "log_minmax",
+        4,
+        partition="two_stage",
+        seed=5,
+    )
     b.load_state_dict(a.state_dict())
     assert quantization_progress(b) == (2, 4)
     quantization_step(a), quantization_step(b)

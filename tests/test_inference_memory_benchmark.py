@@ -15,7 +15,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_memory_
 
 
 def test_quick_run_reports_flat_memory_and_plots(tmp_path):
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--plot", str(tmp_path / "memory.png"), "--json", str(tmp_path / "result.json")]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--plot",
+        str(tmp_path / "memory.png"),
+        "--json",
+        str(tmp_path / "result.json"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())

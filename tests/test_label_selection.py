@@ -41,7 +41,7 @@ def test_suggest_is_top_n_then_greedy_max_cover():
     d = torch.tensor([[1.0, 0.0, 0.0], [0.99, 0.05, 0.0], [0.98, 0.0, 0.05], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]])
     u = [0.1, 0.2, 0.3, 0.9, 0.05]
     # Whole pool as short list: image 2 covers the cluster (3 images at ~1) best; F({2}) is the largest.
-    f = [representativeness(d[i:i + 1], d) for i in range(5)]
+    f = [representativeness(d[i : i + 1], d) for i in range(5)]
     assert suggest(u, d, top_n=5, k=1) == [int(np.argmax(f))] == [2]
     # Short list of the 2 most uncertain (3 and 2): the cluster member still beats the outlier.
     assert suggest(u, d, top_n=2, k=1) == [2]
@@ -58,16 +58,45 @@ def test_suggest_is_top_n_then_greedy_max_cover():
 def test_suggestive_config_defaults_conf_and_requests():
     c = SuggestiveConfig()
     assert (c.batch_size, c.top_n, c.disagreement, c.representativeness, c.quantized_scorers, c.cover_labeled) == (
-        1, 4, "variance", True, True, False)
-    conf = SuggestiveConfig.from_conf({"batch_size": "3", "representativeness": "false", "disagreement": "entropy",
-                                       "quantized_scorers": "false", "models": "qddens"})
+        1,
+        4,
+        "variance",
+        True,
+        True,
+        False,
+    )
+    conf = SuggestiveConfig.from_conf(
+        {
+            "batch_size": "3",
+            "representativeness": "false",
+            "disagreement": "entropy",
+            "quantized_scorers": "false",
+            "models": "qddens",
+        }
+    )
     assert (conf.batch_size, conf.representativeness, conf.disagreement, conf.quantized_scorers) == (
-        3, False, "entropy", False)
+        3,
+        False,
+        "entropy",
+        False,
+    )
     # a request changes the per-request keys only, never the scorers
-    req = conf.with_request({"batch_size": 2, "top_n": "8", "representativeness": True, "quantized_scorers": True,
-                             "disagreement": "variance"})
+    req = conf.with_request(
+        {
+            "batch_size": 2,
+            "top_n": "8",
+            "representativeness": True,
+            "quantized_scorers": True,
+            "disagreement": "variance",
+        }
+    )
     assert (req.batch_size, req.top_n, req.representativeness, req.quantized_scorers, req.disagreement) == (
-        2, 8, True, False, "entropy")
+        2,
+        8,
+        True,
+        False,
+        "entropy",
+    )
     with pytest.raises(ValueError, match="true or false"):
         SuggestiveConfig.from_conf({"representativeness": "maybe"})
     with pytest.raises(ValueError, match="disagreement"):
@@ -120,8 +149,9 @@ def test_descriptor_store(tmp_path):
 def _volume(seed, size=32):
     from monai.data.synthetic import create_test_image_3d
 
-    image, _ = create_test_image_3d(size, size, size, num_objs=4, rad_max=8, noise_max=0.05,
-                                    random_state=np.random.RandomState(seed))
+    image, _ = create_test_image_3d(
+        size, size, size, num_objs=4, rad_max=8, noise_max=0.05, random_state=np.random.RandomState(seed)
+    )
     return image.astype(np.float32)
 
 

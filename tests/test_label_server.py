@@ -48,8 +48,9 @@ START_TIMEOUT = 120
 def _spheres(seed):
     from monai.data.synthetic import create_test_image_3d
 
-    image, label = create_test_image_3d(32, 32, 32, num_objs=4, rad_max=8, noise_max=0.05,
-                                        random_state=np.random.RandomState(seed))
+    image, label = create_test_image_3d(
+        32, 32, 32, num_objs=4, rad_max=8, noise_max=0.05, random_state=np.random.RandomState(seed)
+    )
     return image.astype(np.float32), (label > 0).astype(np.uint8)
 
 
@@ -77,8 +78,13 @@ class Server(LabelServerProcess):
     """The label server in a subprocess (bounded start-up wait) with an HTTP client and helpers."""
 
     def __init__(self, tmp: Path, studies: Path, *extra: str):
-        super().__init__(studies, tmp / "app", ["--override", "roi_size=[32,32,32]", *extra],
-                         log=tmp / "server.log", timeout=START_TIMEOUT)
+        super().__init__(
+            studies,
+            tmp / "app",
+            ["--override", "roi_size=[32,32,32]", *extra],
+            log=tmp / "server.log",
+            timeout=START_TIMEOUT,
+        )
         self.app = self.app_dir
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
@@ -170,7 +176,9 @@ def test_infer_dicom_series(server):
 
 
 def _cosines(scores, names):
-    d = torch.nn.functional.normalize(torch.tensor([scores[n]["descriptor"] for n in names], dtype=torch.float64), dim=1)
+    d = torch.nn.functional.normalize(
+        torch.tensor([scores[n]["descriptor"] for n in names], dtype=torch.float64), dim=1
+    )
     return d @ d.T
 
 

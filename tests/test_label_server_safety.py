@@ -167,7 +167,9 @@ def test_bad_studies_listed_skipped_and_refused(server):
     assert set(GOOD) <= set(listing["objects"])
     info = requests.get(f"{srv.url}/datastore/image/info", params={"image": "nan_anat"}).json()
     assert "NaN" in info["problem"]
-    r = requests.put(f"{srv.url}/datastore/image/info", params={"image": "good0"}, data={"info": '{"x": NaN, "y": [Infinity]}'})
+    r = requests.put(
+        f"{srv.url}/datastore/image/info", params={"image": "good0"}, data={"info": '{"x": NaN, "y": [Infinity]}'}
+    )
     assert r.status_code == 200, r.text
     assert client.datastore()["objects"]["good0"]["image"]["info"]["x"] is None
 
@@ -191,7 +193,10 @@ def test_labels_checked_on_save(server):
         "random bytes": (_label(tmp / "rnd.nii.gz", raw=os.urandom(4000)), "cannot be read"),
         "text": (_label(tmp / "text.txt", raw=b"a label\n"), "cannot be read"),
         "empty file": (_label(tmp / "empty.nii.gz", raw=b""), "cannot be read"),
-        "truncated": (_label(tmp / "trunc.nii.gz", raw=good.read_bytes()[: good.stat().st_size // 2]), "cannot be read"),
+        "truncated": (
+            _label(tmp / "trunc.nii.gz", raw=good.read_bytes()[: good.stat().st_size // 2]),
+            "cannot be read",
+        ),
         "another shape": (_label(tmp / "small.nii.gz", ok[:10, :10, :10]), "shape (10, 10, 10) differs"),
         "4D": (_label(tmp / "fourd.nii.gz", np.stack([ok, ok], -1)), "2 channels"),
         "value 7": (_label(tmp / "seven.nii.gz", ok * 7), "values [7]"),
@@ -235,8 +240,11 @@ def test_dicom_series_added_while_running(server):
         assert _status(client.infer, "qddens", name, {})[0] == 404
     from qddens_monai.data import write_dicom_series
 
-    write_dicom_series(np.random.RandomState(3).rand(32, 32, 32).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0),
-                       out_dir=str(tmp / "studies" / "late_series"))
+    write_dicom_series(
+        np.random.RandomState(3).rand(32, 32, 32).astype(np.float32) * 1000,
+        spacing=(1.5, 1.5, 2.0),
+        out_dir=str(tmp / "studies" / "late_series"),
+    )
     gap = Path(pydicom.data.get_testdata_file("dicomdirtests/77654033/CT2/17136")).parent
     shutil.copytree(gap, tmp / "studies" / "late_gap")
     image, params = client.infer("qddens", "late_series", {"device": "cpu"})
@@ -272,8 +280,14 @@ def test_token_and_cors_allow_list(tmp_path):
     studies.mkdir()
     nib.save(nib.Nifti1Image(np.random.rand(32, 32, 32).astype(np.float32), AFFINE), str(studies / "a.nii.gz"))
     viewer, token = "https://viewer.example.org", "s3cret-token"
-    srv = LabelServerProcess(studies, tmp_path / "app", [*SERVER_ARGS, "--cors-origins", viewer],
-                             log=tmp_path / "server.log", timeout=180, token=token)
+    srv = LabelServerProcess(
+        studies,
+        tmp_path / "app",
+        [*SERVER_ARGS, "--cors-origins", viewer],
+        log=tmp_path / "server.log",
+        timeout=180,
+        token=token,
+    )
     try:
         client = MONAILabelClient(srv.url, tmpdir=str(tmp_path / "client"))
         status, text = _status(client.info)
@@ -315,7 +329,9 @@ def test_background_scoring_serves_the_last_scores(server):
                 break
         time.sleep(1)
     assert took < 5 and pick["id"] in GOOD
-    stored = {i: requests.get(f"{srv.url}/datastore/image/info", params={"image": i}).json().get("qdd_ens") for i in GOOD}
+    stored = {
+        i: requests.get(f"{srv.url}/datastore/image/info", params={"image": i}).json().get("qdd_ens") for i in GOOD
+    }
     objects = client.datastore()["objects"]
     unlabeled = [i for i in GOOD if not objects[i]["labels"].get("final")]
     assert pick["id"] == max(unlabeled, key=lambda i: stored[i]["uncertainty"])
@@ -340,8 +356,11 @@ def test_exposed_bind_warns_and_folders_must_not_overlap(tmp_path, capsys):
         warn_exposed(*quiet)
         assert capsys.readouterr().err == "", quiet
     check_separate(tmp_path / "app", tmp_path / "studies")
-    for app, studies in ((tmp_path / "s" / "app", tmp_path / "s"), (tmp_path / "a", tmp_path / "a" / "studies"),
-                         (tmp_path, tmp_path)):
+    for app, studies in (
+        (tmp_path / "s" / "app", tmp_path / "s"),
+        (tmp_path / "a", tmp_path / "a" / "studies"),
+        (tmp_path, tmp_path),
+    ):
         with pytest.raises(ValueError, match="overlap"):
             check_separate(app, studies)
 
@@ -349,12 +368,30 @@ def test_exposed_bind_warns_and_folders_must_not_overlap(tmp_path, capsys):
 def test_train_request_checked():
     from qddens_monai.label.training import TrainingRefused, check_train_request
 
-    ok = check_train_request({"model": "qddens", "max_epochs": 2, "val_split": 0.2, "device": ["cpu", "cuda"],
-                              "multi_gpu": False, "tracking": "mlflow", "tracking_uri": "/x"}, 100, ["model.pt"])
+    ok = check_train_request(
+        {
+            "model": "qddens",
+            "max_epochs": 2,
+            "val_split": 0.2,
+            "device": ["cpu", "cuda"],
+            "multi_gpu": False,
+            "tracking": "mlflow",
+            "tracking_uri": "/x",
+        },
+        100,
+        ["model.pt"],
+    )
     assert ok["max_epochs"] == 2 and ok["device"] == "cpu" and ok["tracking"] == "None" and "tracking_uri" not in ok
     assert check_train_request({}, 100, ["model.pt"])["max_epochs"] == 100  # the bundle's schedule
-    for bad in ({"max_epochs": "$print(1)"}, {"max_epochs": 0}, {"val_split": 1.5}, {"run_id": "network_def"},
-                {"model_filename": "../x.pt"}, {"device": "$__import__('os')"}, {"pretrained": "yes"},
-                {"train#trainer#max_epochs": 3}):
+    for bad in (
+        {"max_epochs": "$print(1)"},
+        {"max_epochs": 0},
+        {"val_split": 1.5},
+        {"run_id": "network_def"},
+        {"model_filename": "../x.pt"},
+        {"device": "$__import__('os')"},
+        {"pretrained": "yes"},
+        {"train#trainer#max_epochs": 3},
+    ):
         with pytest.raises(TrainingRefused):
             check_train_request(bad, 100, ["model.pt"])

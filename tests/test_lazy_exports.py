@@ -17,8 +17,14 @@ PACKAGE = REPO / "qddens_monai"
 
 def imported_after(statement: str) -> set:
     code = f"import sys; {statement}; print(json.dumps(sorted(m for m in sys.modules if m.startswith('qddens_monai'))))"
-    proc = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json; " + code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=True,
+    )
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -56,6 +62,11 @@ def test_the_import_graph_follows_lazy_exports():
         "qddens_monai.ensemble.disagreement"
     )
     closure = module_closure(PACKAGE, "qddens_monai", {"qddens_monai.networks.QMENet"})
-    assert {"qddens_monai.networks.qmenet", "qddens_monai.networks.staged_monai", "qddens_monai.quantization.network",
-            "qddens_monai._lazy", "qddens_monai"} <= set(closure)
+    assert {
+        "qddens_monai.networks.qmenet",
+        "qddens_monai.networks.staged_monai",
+        "qddens_monai.quantization.network",
+        "qddens_monai._lazy",
+        "qddens_monai",
+    } <= set(closure)
     assert not any(m.startswith(("qddens_monai.data", "qddens_monai.handlers", "qddens_monai.label")) for m in closure)

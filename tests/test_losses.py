@@ -263,7 +263,14 @@ def test_ensemble_loss_value_and_gradients():
     # parts, consistent with the total
     parts = loss_fn.log_parts()
     assert set(parts) == {
-        "seg/base_0", "seg/base_1", "seg/meta", "seg", "diversity", "diversity/level_0", "diversity/level_1", "total"
+        "seg/base_0",
+        "seg/base_1",
+        "seg/meta",
+        "seg",
+        "diversity",
+        "diversity/level_0",
+        "diversity/level_1",
+        "total",
     }
     assert parts["seg/meta"] == pytest.approx(dice_ce(out["logits"][2], y).item(), rel=1e-6)
     assert parts["total"] == pytest.approx(parts["seg"] - alpha * parts["diversity"], rel=1e-6)
@@ -414,11 +421,7 @@ class _FakeEnsemble(nn.Module):
         outs = [learner(x) for learner in self.learners]
         if not self.training:
             return outs[-1][0]
-        return {
-            "logits": [o[0] for o in outs],
-            "features": [o[1] for o in outs[:-1]],
-            "roles": ["encoder", "decoder"],
-        }
+        return {"logits": [o[0] for o in outs], "features": [o[1] for o in outs[:-1]], "roles": ["encoder", "decoder"]}
 
 
 class _Distiller(nn.Module):

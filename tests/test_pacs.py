@@ -40,24 +40,39 @@ def _project_series(folder: Path, seed: int) -> list[str]:
 
     from qddens_monai.data import write_dicom_series
 
-    image, _ = create_test_image_3d(32, 32, 32, num_objs=4, rad_max=8, noise_max=0.05,
-                                    random_state=np.random.RandomState(seed))
-    return write_dicom_series(image.astype(np.float32) * 1000.0, spacing=(1.5, 1.5, 2.0), out_dir=str(folder),
-                              patient_id=f"QDDENS-{seed}", series_description=f"qddens test {seed}")
+    image, _ = create_test_image_3d(
+        32, 32, 32, num_objs=4, rad_max=8, noise_max=0.05, random_state=np.random.RandomState(seed)
+    )
+    return write_dicom_series(
+        image.astype(np.float32) * 1000.0,
+        spacing=(1.5, 1.5, 2.0),
+        out_dir=str(folder),
+        patient_id=f"QDDENS-{seed}",
+        series_description=f"qddens test {seed}",
+    )
 
 
 def _mixed_series(folder: Path) -> list[str]:
     from qddens_monai.data import write_dicom_series
 
     rng = np.random.RandomState(5)
-    ids = {"series_uid": "1.2.826.0.1.3680043.8.498.16", "study_uid": "1.2.826.0.1.3680043.8.498.17",
-           "patient_id": "QDDENS-MIXED"}
+    ids = {
+        "series_uid": "1.2.826.0.1.3680043.8.498.16",
+        "study_uid": "1.2.826.0.1.3680043.8.498.17",
+        "patient_id": "QDDENS-MIXED",
+    }
     import pydicom
 
-    big = write_dicom_series(rng.rand(32, 32, 8).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0),
-                             out_dir=str(folder / "big"), **ids)
-    small = write_dicom_series(rng.rand(16, 16, 3).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0),
-                               origin=(0, 0, 16), out_dir=str(folder / "small"), **ids)
+    big = write_dicom_series(
+        rng.rand(32, 32, 8).astype(np.float32) * 1000, spacing=(1.5, 1.5, 2.0), out_dir=str(folder / "big"), **ids
+    )
+    small = write_dicom_series(
+        rng.rand(16, 16, 3).astype(np.float32) * 1000,
+        spacing=(1.5, 1.5, 2.0),
+        origin=(0, 0, 16),
+        out_dir=str(folder / "small"),
+        **ids,
+    )
     for k, path in enumerate(small):  # instance UIDs of their own (they derive from the series UID and index)
         ds = pydicom.dcmread(path)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.18.{k + 1}"
@@ -74,9 +89,13 @@ def pacs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pacs")
     with OrthancProcess(tmp / "orthanc", binary, plugin) as orthanc:
         gap = Path(pydicom.data.get_testdata_file("dicomdirtests/77654033/CT2/17136")).parent
-        files = {"a": _project_series(tmp / "a", 1), "b": _project_series(tmp / "b", 2),
-                 "gap": sorted(str(f) for f in gap.iterdir() if f.is_file()),
-                 "one": [pydicom.data.get_testdata_file("CT_small.dcm")], "mixed": _mixed_series(tmp / "mixed")}
+        files = {
+            "a": _project_series(tmp / "a", 1),
+            "b": _project_series(tmp / "b", 2),
+            "gap": sorted(str(f) for f in gap.iterdir() if f.is_file()),
+            "one": [pydicom.data.get_testdata_file("CT_small.dcm")],
+            "mixed": _mixed_series(tmp / "mixed"),
+        }
         uids = {}
         for name, paths in files.items():
             answers = orthanc.upload(paths)
@@ -93,10 +112,18 @@ def server(pacs):
     from qddens_monai.label.server import LabelServerProcess
 
     orthanc, uids, tmp = pacs
-    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp / "cache"),
-           "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "CT"})}
-    srv = LabelServerProcess(orthanc.dicomweb, tmp / "app", ["--override", "roi_size=[32,32,32]"],
-                             log=tmp / "server.log", timeout=180, env=env)
+    env = {
+        "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp / "cache"),
+        "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "CT"}),
+    }
+    srv = LabelServerProcess(
+        orthanc.dicomweb,
+        tmp / "app",
+        ["--override", "roi_size=[32,32,32]"],
+        log=tmp / "server.log",
+        timeout=180,
+        env=env,
+    )
     try:
         yield srv, MONAILabelClient(srv.url, tmpdir=str(tmp / "client")), orthanc, uids, tmp
     finally:
@@ -118,8 +145,11 @@ def _cached(tmp: Path, uid: str) -> Path:
 
 
 def _segs(orthanc) -> list[dict]:
-    return [s for s in (orthanc.get(f"/series/{i}") for i in orthanc.get("/series"))
-            if s["MainDicomTags"].get("Modality") == "SEG"]
+    return [
+        s
+        for s in (orthanc.get(f"/series/{i}") for i in orthanc.get("/series"))
+        if s["MainDicomTags"].get("Modality") == "SEG"
+    ]
 
 
 def test_lists_the_pacs_series(server):
@@ -155,8 +185,12 @@ def test_ids_are_confined_and_bad_series_refused(server):
     # The DICOMweb proxy (OHIF's way to the PACS) does not leave the DICOMweb root for Orthanc's REST API.
     import http.client
 
-    for path in ("/proxy/dicom/../system", "/proxy/dicom/%2e%2e/system", "/proxy/dicom/qido/..%2F..%2Fsystem",
-                 "/proxy/dicom/wado/%2E%2E/%2E%2E/tools/now"):
+    for path in (
+        "/proxy/dicom/../system",
+        "/proxy/dicom/%2e%2e/system",
+        "/proxy/dicom/qido/..%2F..%2Fsystem",
+        "/proxy/dicom/wado/%2E%2E/%2E%2E/tools/now",
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         try:
             conn.request("GET", path)  # sent as written (an HTTP library would resolve the dots first)
@@ -164,8 +198,9 @@ def test_ids_are_confined_and_bad_series_refused(server):
             assert answer.status == 400, (path, answer.status, answer.read()[:200])
         finally:
             conn.close()
-    status, text = _status(srv, "POST", "/infer/qddens", params={"image": uids["gap"], "output": "json"},
-                           json={"device": "cpu"})
+    status, text = _status(
+        srv, "POST", "/infer/qddens", params={"image": uids["gap"], "output": "json"}, json={"device": "cpu"}
+    )
     assert status == 422 and uids["gap"] in text, text
 
 
@@ -194,8 +229,13 @@ def test_infer_fetches_once_and_labels_go_back_as_dicom_seg(server):
     # A label of the wrong shape is refused and nothing reaches the PACS.
     wrong = tmp / "wrong.nii.gz"
     nib.save(nib.Nifti1Image(label[:, :, :10], image.affine), str(wrong))
-    status, text = _status(srv, "PUT", "/datastore/label", params={"image": uid, "tag": "final"},
-                           files={"label": ("wrong.nii.gz", wrong.read_bytes())})
+    status, text = _status(
+        srv,
+        "PUT",
+        "/datastore/label",
+        params={"image": uid, "tag": "final"},
+        files={"label": ("wrong.nii.gz", wrong.read_bytes())},
+    )
     assert status == 422, text
     assert not _segs(orthanc)
 
@@ -208,8 +248,9 @@ def test_infer_fetches_once_and_labels_go_back_as_dicom_seg(server):
         classes = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
         assert [d.SegmentLabel for d in seg.SegmentSequence] == [classes["1"]]  # the served bundle's class
         sources = [pydicom.dcmread(str(f)) for f in sorted(folder.iterdir())]
-        frames = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in sources], segment_numbers=[1],
-                                                   combine_segments=True)
+        frames = seg.get_pixels_by_source_instance(
+            [str(s.SOPInstanceUID) for s in sources], segment_numbers=[1], combine_segments=True
+        )
         for source, frame in zip(sources, frames):
             hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
             expected = (hu > threshold) if above else (hu <= threshold)
@@ -222,12 +263,18 @@ def test_infer_fetches_once_and_labels_go_back_as_dicom_seg(server):
     assert check_seg(segs[0]["ID"], above=True) == int(label.sum()) > 0
 
     # OHIF's plugin saves the raw voxels as label.bin (uint8, Fortran order); the wrong size is refused.
-    status, text = _status(srv, "PUT", "/datastore/label", params={"image": uid},
-                           files={"label": ("label.bin", bytes(100))})
+    status, text = _status(
+        srv, "PUT", "/datastore/label", params={"image": uid}, files={"label": ("label.bin", bytes(100))}
+    )
     assert status == 422 and "label.bin holds 100 values" in text, text
     inverse = (1 - label).astype(np.uint8)
-    status, text = _status(srv, "PUT", "/datastore/label", params={"image": uid},
-                           files={"label": ("label.bin", inverse.tobytes(order="F"))})
+    status, text = _status(
+        srv,
+        "PUT",
+        "/datastore/label",
+        params={"image": uid},
+        files={"label": ("label.bin", inverse.tobytes(order="F"))},
+    )
     assert status == 200, text
     new = [s for s in _segs(orthanc) if s["ID"] != segs[0]["ID"]]
     assert len(new) == 1, new
@@ -268,8 +315,9 @@ def test_training_on_labels_in_the_pacs(server):
 
     model = srv.app_dir / "model" / "qddens" / "models" / "model.pt"
     before = hashlib.sha256(model.read_bytes()).hexdigest()
-    status, text = _status(srv, "POST", "/train/qddens", json={"max_epochs": 1, "device": "cpu", "multi_gpu": False,
-                                                               "val_split": 0.5})
+    status, text = _status(
+        srv, "POST", "/train/qddens", json={"max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0.5}
+    )
     assert status == 200, text
     deadline = time.monotonic() + 300
     while True:

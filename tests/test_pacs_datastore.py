@@ -41,8 +41,14 @@ class FakeClient:
             raise ConnectionError("connection refused")
         if (search_filters or {}).get("Modality") == "SEG":
             return []
-        return [{"0020000E": {"vr": "UI", "Value": [uid]}, "0020000D": {"vr": "UI", "Value": [STUDY]},
-                 "00080060": {"vr": "CS", "Value": ["CT"]}} for uid in self.files]
+        return [
+            {
+                "0020000E": {"vr": "UI", "Value": [uid]},
+                "0020000D": {"vr": "UI", "Value": [STUDY]},
+                "00080060": {"vr": "CS", "Value": ["CT"]},
+            }
+            for uid in self.files
+        ]
 
     def retrieve_series(self, study, series):
         import pydicom
@@ -62,8 +68,12 @@ class FakeClient:
 def store(tmp_path):
     from qddens_monai.data import write_dicom_series
 
-    files = write_dicom_series(np.random.RandomState(0).rand(16, 16, 8).astype(np.float32) * 1000,
-                               spacing=(1.0, 1.0, 2.0), out_dir=str(tmp_path / "src"), series_uid=GOOD)
+    files = write_dicom_series(
+        np.random.RandomState(0).rand(16, 16, 8).astype(np.float32) * 1000,
+        spacing=(1.0, 1.0, 2.0),
+        out_dir=str(tmp_path / "src"),
+        series_uid=GOOD,
+    )
     client = FakeClient({GOOD: files, BROKEN: files})
     return PacsDatastore(client, StudyScreen(3, 1, 2), str(tmp_path / "cache"), {1: "foreground"}, list_ttl=60), client
 
@@ -96,8 +106,12 @@ def test_fetch_once_names_chosen_here_and_a_broken_series_is_reported(store, tmp
     with pytest.raises(RequestRefused) as e:
         ds.get_image_uri(BROKEN)
     assert e.value.status == 422
-    for call, status in ((lambda: ds.get_image_info("1.2.3"), 404), (lambda: ds.get_image_uri("../x"), 400),
-                         (lambda: ds.add_image("", str(uri), {}), 405), (lambda: ds.remove_image(GOOD), 405)):
+    for call, status in (
+        (lambda: ds.get_image_info("1.2.3"), 404),
+        (lambda: ds.get_image_uri("../x"), 400),
+        (lambda: ds.add_image("", str(uri), {}), 405),
+        (lambda: ds.remove_image(GOOD), 405),
+    ):
         with pytest.raises(RequestRefused) as e:
             call()
         assert e.value.status == status

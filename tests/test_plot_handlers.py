@@ -18,12 +18,7 @@ from monai.transforms import Activationsd, AsDiscreted, Compose
 
 from qddens_monai.data.vessels import create_vessel_image_2d
 from qddens_monai.handlers import IncrementalQuantizationHandler
-from qddens_monai.handlers.plots import (
-    OverlayHandler,
-    TrainingCurvesHandler,
-    learner_disagreement,
-    max_disagreement,
-)
+from qddens_monai.handlers.plots import OverlayHandler, TrainingCurvesHandler, learner_disagreement, max_disagreement
 from qddens_monai.losses import EnsembleLoss
 from qddens_monai.networks import QMENet
 
@@ -58,8 +53,19 @@ def make_data(n, in_channels=1, size=32, seed=0, names=True):
     return data
 
 
-def make_run(tmp_path, max_epochs, in_channels=1, curves_first=True, ensemble=True, quantize=False, seed=0,
-             overlay=True, n_train=2, n_val=2, **curves_kw):
+def make_run(
+    tmp_path,
+    max_epochs,
+    in_channels=1,
+    curves_first=True,
+    ensemble=True,
+    quantize=False,
+    seed=0,
+    overlay=True,
+    n_train=2,
+    n_val=2,
+    **curves_kw,
+):
     """A SupervisedTrainer (batch dict output) + SupervisedEvaluator run by a ValidationHandler every epoch.
 
     ``ensemble=False`` swaps the tiny QMENet / EnsembleLoss for a tinier UNet / DiceCELoss, for the
@@ -93,13 +99,18 @@ def make_run(tmp_path, max_epochs, in_channels=1, curves_first=True, ensemble=Tr
     validation = ValidationHandler(interval=1, validator=evaluator)
     handlers = [curves, validation] if curves_first else [validation, curves]
     if quantize:
-        handlers.insert(0, IncrementalQuantizationHandler(net, fp_epochs=1, epochs_per_step=1, optimizer=optimizer,
-                                                          reset_lr=True, lr_decay=0.5))
+        handlers.insert(
+            0,
+            IncrementalQuantizationHandler(
+                net, fp_epochs=1, epochs_per_step=1, optimizer=optimizer, reset_lr=True, lr_decay=0.5
+            ),
+        )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=max_epochs,
-        train_data_loader=DataLoader(make_data(n_train, in_channels, names=False), batch_size=2, shuffle=False,
-                                     num_workers=0),
+        train_data_loader=DataLoader(
+            make_data(n_train, in_channels, names=False), batch_size=2, shuffle=False, num_workers=0
+        ),
         network=net,
         optimizer=optimizer,
         loss_function=loss,
@@ -159,8 +170,9 @@ def test_curves_and_overlays_in_a_real_run(tmp_path):
 
 @pytest.mark.parametrize("curves_first", [True, False])
 def test_validation_handler_before_or_after(tmp_path, curves_first):
-    trainer, _, curves, _, _ = make_run(tmp_path, max_epochs=2, curves_first=curves_first, ensemble=False,
-                                        overlay=False)
+    trainer, _, curves, _, _ = make_run(
+        tmp_path, max_epochs=2, curves_first=curves_first, ensemble=False, overlay=False
+    )
     writes = []
     original = curves._write
     curves._write = lambda figure=True: (writes.append(trainer.state.epoch), original(figure))
@@ -173,8 +185,13 @@ def test_validation_handler_before_or_after(tmp_path, curves_first):
 
 def test_resume_continues_the_history(tmp_path):
     trainer, _, _, net, optimizer = make_run(tmp_path, max_epochs=2, ensemble=False, overlay=False)
-    CheckpointSaver(str(tmp_path / "ckpt"), {"network": net, "optimizer": optimizer, "trainer": trainer},
-                    save_interval=1, n_saved=None, epoch_level=True).attach(trainer)
+    CheckpointSaver(
+        str(tmp_path / "ckpt"),
+        {"network": net, "optimizer": optimizer, "trainer": trainer},
+        save_interval=1,
+        n_saved=None,
+        epoch_level=True,
+    ).attach(trainer)
     trainer.run()
     _, first_rows = read_csv(tmp_path / "training_history.csv")
     assert len(first_rows) == 2
@@ -184,8 +201,9 @@ def test_resume_continues_the_history(tmp_path):
 
     resumed, _, _, rnet, ropt = make_run(tmp_path, max_epochs=3, ensemble=False, overlay=False, seed=123)
     # attached after the curves handler: it restores the epoch after the curves handler's STARTED
-    CheckpointLoader(str(tmp_path / "ckpt" / "checkpoint_epoch=1.pt"),
-                     {"network": rnet, "optimizer": ropt, "trainer": resumed}).attach(resumed)
+    CheckpointLoader(
+        str(tmp_path / "ckpt" / "checkpoint_epoch=1.pt"), {"network": rnet, "optimizer": ropt, "trainer": resumed}
+    ).attach(resumed)
     resumed.run()
     assert resumed.state.epoch == 3
     _, rows = read_csv(tmp_path / "training_history.csv")
@@ -246,8 +264,11 @@ def test_3d_overlay_with_and_without_inferer(tmp_path):
     label = torch.zeros(1, 16, 16, 12)
     label[:, 4:12, 5:11, 7] = 1  # the slice with the most label: 7
     label[:, 6:8, 6:8, 3] = 1
-    item = {"image": MetaTensor(image, meta={"filename_or_obj": "vol.nii.gz"}), "label": label,
-            "pred": torch.stack([1 - label[0], label[0]])}
+    item = {
+        "image": MetaTensor(image, meta={"filename_or_obj": "vol.nii.gz"}),
+        "label": label,
+        "pred": torch.stack([1 - label[0], label[0]]),
+    }
     handler = OverlayHandler(tmp_path, network=net, inferer=SlidingWindowInferer(roi_size=(16, 16, 12)))
     path = handler.save(item, index=0, epoch=3)
     assert path.name == "overlay_00_vol.png"

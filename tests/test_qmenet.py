@@ -85,10 +85,14 @@ def test_presets_and_quantization_settings():
     net = tiny_ensemble(quantization="qme_net")
     bits = {}
     for name, _, q in quantized_layers(net):
-        bits.setdefault(name.split(".")[0] + name.split(".")[1] if name.startswith("base") else "meta", set()).add(q.quantizer.bits)
+        bits.setdefault(name.split(".")[0] + name.split(".")[1] if name.startswith("base") else "meta", set()).add(
+            q.quantizer.bits
+        )
     assert bits == {"base_learners0": {4}, "base_learners1": {5}, "base_learners2": {6}, "meta": {16}}
     assert not any(name.startswith("fusion") for name, _, _ in quantized_layers(net))
-    custom = tiny_ensemble(num_learners=3, quantization=[{"method": "dorefa", "bits": 3}, None, {"method": "ternary", "bits": 2}])
+    custom = tiny_ensemble(
+        num_learners=3, quantization=[{"method": "dorefa", "bits": 3}, None, {"method": "ternary", "bits": 2}]
+    )
     assert {q.quantizer.name for _, _, q in quantized_layers(custom)} == {"dorefa", "ternary"}
     with pytest.raises(ValueError, match="Unknown quantization preset"):
         tiny_ensemble(quantization="int8")
@@ -111,8 +115,9 @@ def test_mixed_backbones():
         CENet(2, 1, 2, **TINY),
         CENet(2, 1, 2, channels=(8, 8, 16, 32), layers=(1, 1, 1, 1)),  # other channels: projected
     ]
-    net = QMENet(2, learners=learners, fusion_roles=("encoder", "bottleneck", "decoder"), quantization="qdd_ens",
-                 probe_size=32)
+    net = QMENet(
+        2, learners=learners, fusion_roles=("encoder", "bottleneck", "decoder"), quantization="qdd_ens", probe_size=32
+    )
     out = net(torch.randn(2, 1, 32, 32))
     assert len(out["logits"]) == 3 and len(out["roles"]) == 9
     assert all(a.shape[2:] == b.shape[2:] for a, b in zip(out["features"][0], out["features"][1]))
@@ -145,7 +150,12 @@ def test_frozen_ensemble_torchscript_matches_eager():
 
 def _vessel_batch(n=6, size=48):
     rng = np.random.RandomState(0)
-    imgs, labels = zip(*[create_test_image_2d(size, size, num_objs=5, rad_max=size // 5, noise_max=0.3, random_state=rng) for _ in range(n)])
+    imgs, labels = zip(
+        *[
+            create_test_image_2d(size, size, num_objs=5, rad_max=size // 5, noise_max=0.3, random_state=rng)
+            for _ in range(n)
+        ]
+    )
     return torch.tensor(np.stack(imgs))[:, None].float(), (torch.tensor(np.stack(labels))[:, None] > 0).long()
 
 
@@ -165,8 +175,14 @@ def test_diversity_loss_separates_learners_and_stays_finite():
     results = {}
     for alpha in (0.0, 0.5):
         torch.manual_seed(0)
-        net = QMENet(2, 1, 2, backbone_kwargs={"channels": (8, 16, 32, 64), "layers": (1, 1, 1, 1)},
-                     quantization="float", probe_size=32)
+        net = QMENet(
+            2,
+            1,
+            2,
+            backbone_kwargs={"channels": (8, 16, 32, 64), "layers": (1, 1, 1, 1)},
+            quantization="float",
+            probe_size=32,
+        )
         loss_fn = EnsembleLoss(alpha=alpha, diversity=DeepDiversityLoss(form="faithful"))
         opt = torch.optim.Adam(net.parameters(), 1e-3)
         for _ in range(60):

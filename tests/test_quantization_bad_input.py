@@ -61,7 +61,9 @@ def test_freeze_before_schedule_finished_touches_nothing():
     quantization_step(net)
     with pytest.raises(RuntimeError, match="at step 1 of 4"):
         freeze(net)
-    assert len(list(quantized_layers(net))) == len([m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)])
+    assert len(list(quantized_layers(net))) == len(
+        [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    )
 
 
 def test_handler_arguments():

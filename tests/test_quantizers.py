@@ -48,7 +48,7 @@ def test_power_of_two_values_are_powers_of_two():
     assert torch.equal(torch.exp2(torch.log2(nz).round()), nz)
     n1, n2 = q.exponents(q.calibrate(w, 0))
     assert n1 == math.floor(math.log2(4 * w.abs().max().item() / 3)) and n2 == n1 + 1 - 4
-    assert nz.max() == 2.0**n1 and nz.min() >= 2.0**n2
+    assert nz.max() == 2.0 ** n1 and nz.min() >= 2.0**n2
 
 
 def test_log_minmax_hand_case():

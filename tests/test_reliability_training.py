@@ -22,15 +22,38 @@ pytestmark = pytest.mark.slow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
-TINY = ["--epochs", "1", "--epochQ", "1", "--val_interval", "5", "--demo_size", "64", "--roi_size", "[32,32]",
-        "--network_def#backbone_kwargs#channels", "[4,8,16,32]"]
+TINY = [
+    "--epochs",
+    "1",
+    "--epochQ",
+    "1",
+    "--val_interval",
+    "5",
+    "--demo_size",
+    "64",
+    "--roi_size",
+    "[32,32]",
+    "--network_def#backbone_kwargs#channels",
+    "[4,8,16,32]",
+]
 ITERATIONS_PER_EPOCH = 7  # 13 training images of the 16 (val_fraction 0.2), batch 2
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def bundle(run_id, configs, root, *args, timeout=300):
     config_arg = json.dumps([str(c) for c in configs]) if len(configs) > 1 else str(configs[0])
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_arg, "--bundle_root", str(root), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        config_arg,
+        "--bundle_root",
+        str(root),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
@@ -67,7 +90,9 @@ def test_sigkill_mid_epoch_during_quantization_then_resume_latest_gives_identica
     # the shipped "training" run with one more expression: SIGKILL this process at that iteration
     training = json.loads((CONFIGS / "train.json").read_text())["training"]
     kill = f"$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once={kill_at}), lambda e: os.kill(os.getpid(), signal.SIGKILL))"
-    (tmp_path / "kill.json").write_text(json.dumps({"training": ["$import signal"] + training[:-1] + [kill, training[-1]]}))
+    (tmp_path / "kill.json").write_text(
+        json.dumps({"training": ["$import signal"] + training[:-1] + [kill, training[-1]]})
+    )
     root = tmp_path / "run"
     proc = bundle("training", [CONFIGS / "train.json", tmp_path / "kill.json"], root, *TINY, *data)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -104,8 +129,7 @@ def test_same_seed_same_weights_and_metrics_bit_for_bit(straight, tmp_path):
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
     """torch.save writes half a file and SIGKILLs its process while saving epoch 3."""
-    script = textwrap.dedent(
-        f"""
+    script = textwrap.dedent(f"""
         import os, signal, torch
         from ignite.engine import Engine
         from qddens_monai.handlers import AtomicCheckpointSaver
@@ -125,14 +149,15 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
         AtomicCheckpointSaver({str(tmp_path)!r}, {{"model": net, "trainer": engine}}, save_interval=1, n_saved=2,
                               save_final=True, final_filename="model.pt").attach(engine)
         engine.run([0, 1], max_epochs=5)
-        """
-    )
+        """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     named = sorted(p.name for p in tmp_path.glob("*.pt"))
     assert named == ["checkpoint_epoch=2.pt"]  # epoch 1 removed by n_saved=2, epoch 3 never got its name
     assert weights(tmp_path / "checkpoint_epoch=2.pt")["trainer"]["iteration"] == 2 * 2
-    assert find_checkpoint("latest", str(tmp_path), keys=("model", "trainer")) == str(tmp_path / "checkpoint_epoch=2.pt")
+    assert find_checkpoint("latest", str(tmp_path), keys=("model", "trainer")) == str(
+        tmp_path / "checkpoint_epoch=2.pt"
+    )
 
 
 def test_resume_from_checks_the_file_first(tmp_path):

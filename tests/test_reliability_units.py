@@ -11,12 +11,30 @@ from qddens_monai.data.checks import DataValidationError
 
 
 def test_check_settings_names_every_wrong_value():
-    good = {"spatial_dims": 2, "roi_size": [64, 64], "epochs": 0, "portions": [0.3, 1.0], "learning_rate": 1e-3,
-            "val_fraction": 0.0, "dataset_dir": "/data", "custom": object()}
+    good = {
+        "spatial_dims": 2,
+        "roi_size": [64, 64],
+        "epochs": 0,
+        "portions": [0.3, 1.0],
+        "learning_rate": 1e-3,
+        "val_fraction": 0.0,
+        "dataset_dir": "/data",
+        "custom": object(),
+    }
     assert check_settings(good) == good
     with pytest.raises(SettingsError) as e:
-        check_settings({"spatial_dims": 3, "roi_size": [64, 64], "epochs": True, "portions": [0.5, 0.4],
-                        "learning_rate": float("nan"), "val_fraction": 1.0, "batch_size": 2.0, "dataset_dir": 5})
+        check_settings(
+            {
+                "spatial_dims": 3,
+                "roi_size": [64, 64],
+                "epochs": True,
+                "portions": [0.5, 0.4],
+                "learning_rate": float("nan"),
+                "val_fraction": 1.0,
+                "batch_size": 2.0,
+                "dataset_dir": 5,
+            }
+        )
     names = [name for name, _ in e.value.problems]
     assert names == ["roi_size", "epochs", "portions", "learning_rate", "val_fraction", "batch_size", "dataset_dir"]
     assert "--roi_size: must be a list of 3 positive integers" in str(e.value)

@@ -126,7 +126,9 @@ def test_3d_demo_difficulty_overlaps_noise_and_spheres_and_default_is_unchanged(
     from qddens_monai.data import load_datalist, write_demo_3d
 
     def volumes(**kw):
-        path = write_demo_3d(tmp_path / str(len(list(tmp_path.iterdir()))), num_train=2, num_test=0, size=32, seed=3, **kw)
+        path = write_demo_3d(
+            tmp_path / str(len(list(tmp_path.iterdir()))), num_train=2, num_test=0, size=32, seed=3, **kw
+        )
         items = load_datalist(path, "training")
         return [(nib.load(i["image"]).get_fdata(), nib.load(i["label"]).get_fdata() > 0) for i in items]
 

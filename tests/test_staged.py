@@ -55,10 +55,20 @@ def test_adapters_keep_outputs_and_state_dict(dims):
 
 def _init_args(net):
     if isinstance(net, UNet):
-        return {"spatial_dims": net.dimensions, "in_channels": net.in_channels, "out_channels": net.out_channels,
-                "channels": net.channels, "strides": net.strides, "num_res_units": net.num_res_units}
-    return {"spatial_dims": net.final_conv.weight.dim() - 2, "in_channels": 1, "out_channels": 2,
-            "features": (4, 4, 8, 8, 16, 4)}
+        return {
+            "spatial_dims": net.dimensions,
+            "in_channels": net.in_channels,
+            "out_channels": net.out_channels,
+            "channels": net.channels,
+            "strides": net.strides,
+            "num_res_units": net.num_res_units,
+        }
+    return {
+        "spatial_dims": net.final_conv.weight.dim() - 2,
+        "in_channels": 1,
+        "out_channels": 2,
+        "features": (4, 4, 8, 8, 16, 4),
+    }
 
 
 def test_stage_view_owns_no_state():
@@ -76,8 +86,9 @@ def test_stage_view_owns_no_state():
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("backbone", ["cenet", "unet", "basicunet"])
 def test_staged_ensemble_equals_the_hook_path(dims, backbone):
-    net = QMENet(dims, 1, 2, backbone=backbone, backbone_kwargs=BACKBONE_KWARGS[backbone], quantization="qme_net",
-                 probe_size=32)
+    net = QMENet(
+        dims, 1, 2, backbone=backbone, backbone_kwargs=BACKBONE_KWARGS[backbone], quantization="qme_net", probe_size=32
+    )
     assert net.staged and all(is_staged(m) for m in [*net.base_learners, net.meta_learner])
     x = torch.randn(2, 1, *SIZES[dims])
     with torch.no_grad():
@@ -91,8 +102,9 @@ def test_staged_ensemble_equals_the_hook_path(dims, backbone):
 
 
 def test_foreign_backbones_and_explicit_levels_use_hooks():
-    net = QMENet(2, 1, 2, backbone="segresnet", backbone_kwargs={"init_filters": 8}, quantization="float",
-                 probe_size=32)
+    net = QMENet(
+        2, 1, 2, backbone="segresnet", backbone_kwargs={"init_filters": 8}, quantization="float", probe_size=32
+    )
     assert not net.staged and isinstance(net.meta_learner, SegResNet)
     with pytest.raises(Exception):
         torch.jit.script(net.eval())
@@ -134,14 +146,19 @@ def _script_equals_eager(net, shapes, in_channels=1, freeze_first=True, save_loa
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("backbone", ["cenet", "unet", "basicunet"])
 def test_torchscript_equals_eager(dims, backbone):
-    net = QMENet(dims, 1, 2, backbone=backbone, backbone_kwargs=BACKBONE_KWARGS[backbone], quantization="qme_net",
-                 probe_size=32)
+    net = QMENet(
+        dims, 1, 2, backbone=backbone, backbone_kwargs=BACKBONE_KWARGS[backbone], quantization="qme_net", probe_size=32
+    )
     shapes = [SIZES[dims]] + ([(40, 24)] if dims == 2 else [(24, 16, 32)])
     _script_equals_eager(net, shapes)
 
 
 def test_mixed_backbones_script():
-    learners = [BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), CENet(2, 1, 2, **TINY), UNet(2, 1, 2, (4, 8, 16, 16, 32), (2,) * 4)]
+    learners = [
+        BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)),
+        CENet(2, 1, 2, **TINY),
+        UNet(2, 1, 2, (4, 8, 16, 16, 32), (2,) * 4),
+    ]
     # UNet has one decoder level fewer: fuse the encoders and the bottleneck only, the rest runs unfused
     net = QMENet(2, learners=learners, fusion_roles=("encoder", "bottleneck"), quantization="qdd_ens", probe_size=32)
     assert net.staged and net.level_roles == ["encoder"] * 4 + ["bottleneck"]

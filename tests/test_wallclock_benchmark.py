@@ -30,7 +30,10 @@ def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
     for name, r in variants.items():
         assert 0.0 <= r["dice"] <= 1.0, name
     assert variants["default"]["output"] == "meta" and "mean_dice" in variants["default"]
-    assert variants["old_default"]["output"] == "mean" and variants["old_default"]["params"] > variants["default"]["params"]
+    assert (
+        variants["old_default"]["output"] == "mean"
+        and variants["old_default"]["params"] > variants["default"]["params"]
+    )
     # the UNet stops at the default's CPU time (within one training step), after more epochs than the bundle's 5
     budget, used = variants["default"]["cpu_s"], variants["unet_same_time"]["cpu_s"]
     assert budget <= used <= budget * 1.2 + 2.0
@@ -39,4 +42,6 @@ def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
     page = (docs / "results_wallclock.md").read_text()
     assert "plain MONAI UNet, same CPU time" in page and (docs / "images" / "wallclock.png").is_file()
     # the bundle's own configs are snapshotted for the run: later edits of the repository's configs change nothing
-    assert (out / "bundle" / "configs" / "train.json").read_text() == (ROOT / "bundle" / "configs" / "train.json").read_text()
+    assert (out / "bundle" / "configs" / "train.json").read_text() == (
+        ROOT / "bundle" / "configs" / "train.json"
+    ).read_text()

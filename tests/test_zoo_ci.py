@@ -60,9 +60,15 @@ def test_schema_is_the_zoos():
 def test_full_mode_passes_with_no_exclusion(full_mode):
     folder, proc = full_mode
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for step in ["style (flake8, black, isort, pre-commit file hooks)", "verify_bundle_directory",
-                 "verify_version_changes", "verify_metadata_format",
-                 "check_properties (train, inference)", "verify_data_shape", "verify_torchscript"]:
+    for step in [
+        "style (flake8, black, isort, pre-commit file hooks)",
+        "verify_bundle_directory",
+        "verify_version_changes",
+        "verify_metadata_format",
+        "check_properties (train, inference)",
+        "verify_data_shape",
+        "verify_torchscript",
+    ]:
         assert step in proc.stdout, proc.stdout
     assert (folder / "models" / "verify_model.ts").is_file()
     assert (folder.parents[1] / "ci" / "unit_tests" / f"test_{NAME}.py").is_file()  # the zoo unit test to submit
@@ -184,7 +190,9 @@ def test_onnx_float_and_int8_write_to_different_folders(exported):
     outputs = {}
     for onnx_file in ("models/model.onnx", "models/model_int8.onnx"):
         parser = ConfigParser()
-        parser.read_config([str(folder / "configs" / "inference.json"), str(folder / "configs" / "inference_onnx.json")])
+        parser.read_config(
+            [str(folder / "configs" / "inference.json"), str(folder / "configs" / "inference_onnx.json")]
+        )
         parser.update({"bundle_root": str(folder), "onnx_file": onnx_file})
         outputs[onnx_file] = parser.get_parsed_content("output_dir")
     assert outputs["models/model.onnx"].endswith("/eval/predictions_onnx_model")
@@ -193,9 +201,21 @@ def test_onnx_float_and_int8_write_to_different_folders(exported):
 
 def test_readme_has_the_zoo_templates_sections(exported):
     readme = (exported.folder / "docs" / "README.md").read_text()
-    for heading in ["### **Authors**", "### **Tags**", "## Model Overview", "## Data", "## Performance",
-                    "## MONAI Bundle Commands", "execute multi-GPU training", "#### TorchScript and TensorRT",
-                    "## System Configuration", "## Limitations", "## Citation Info", "## References", "## License"]:
+    for heading in [
+        "### **Authors**",
+        "### **Tags**",
+        "## Model Overview",
+        "## Data",
+        "## Performance",
+        "## MONAI Bundle Commands",
+        "execute multi-GPU training",
+        "#### TorchScript and TensorRT",
+        "## System Configuration",
+        "## Limitations",
+        "## Citation Info",
+        "## References",
+        "## License",
+    ]:
         assert heading in readme
     if "qddens-monai prepare-drive" in readme:  # the package's command, which the export does not ship
         assert "not part of this bundle" in readme

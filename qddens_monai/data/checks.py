@@ -380,7 +380,9 @@ def check_datalist(
                 continue
             spatial = {f[0][1:] for f in found}  # type: ignore[index]
             if len(spatial) > 1:
-                problems.append((str(item[image_key][0]), f"image files of one entry have different shapes {sorted(spatial)}"))
+                problems.append(
+                    (str(item[image_key][0]), f"image files of one entry have different shapes {sorted(spatial)}")
+                )
                 continue
             image = ((sum(f[0][0] for f in found),) + found[0][0][1:], found[0][1], found[0][2])  # type: ignore[index]
             name = str(item[image_key][0])
@@ -389,8 +391,14 @@ def check_datalist(
         if image is not None:
             shape, _, header = image
             if spatial_dims is not None and len(shape) - 1 != spatial_dims:
-                hint = " (a NIfTI's last axis beyond the third is read as channels)" if header.extras.get("ndim", 0) > 3 else ""
-                problems.append((name, f"has {len(shape) - 1} spatial dimensions {shape[1:]}, expected {spatial_dims}{hint}"))
+                hint = (
+                    " (a NIfTI's last axis beyond the third is read as channels)"
+                    if header.extras.get("ndim", 0) > 3
+                    else ""
+                )
+                problems.append(
+                    (name, f"has {len(shape) - 1} spatial dimensions {shape[1:]}, expected {spatial_dims}{hint}")
+                )
                 image = None
             elif in_channels is not None and shape[0] != in_channels:
                 ndim = header.extras.get("ndim", 0)
@@ -420,5 +428,7 @@ def check_datalist(
                     )  # fmt: skip
     if problems:
         files = len({where for where, _ in problems})
-        raise DataValidationError(problems, f"{len(problems)} problem(s) in {files} file(s) of a datalist of {len(items)} entries:")
+        raise DataValidationError(
+            problems, f"{len(problems)} problem(s) in {files} file(s) of a datalist of {len(items)} entries:"
+        )
     return items

@@ -39,10 +39,7 @@ def _resolve(value, base: str):
 
 
 def load_datalist(
-    dataset_json: str,
-    key: str = "training",
-    base_dir: str | None = None,
-    path_keys: Sequence[str] = PATH_KEYS,
+    dataset_json: str, key: str = "training", base_dir: str | None = None, path_keys: Sequence[str] = PATH_KEYS
 ) -> list[dict]:
     """Read the ``key`` list of an MSD-style ``dataset.json`` with absolute paths.
 
@@ -91,11 +88,7 @@ def load_datalist(
 
 
 def split_datalist(
-    items: Sequence[dict],
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    num_folds: int | None = None,
-    fold: int = 0,
+    items: Sequence[dict], val_fraction: float = 0.2, seed: int = 0, num_folds: int | None = None, fold: int = 0
 ) -> tuple[list[dict], list[dict]]:
     """Split ``items`` into ``(train, val)`` deterministically for a ``seed``.
 

@@ -163,8 +163,14 @@ def write_demo_3d(
         tensorImageSize="3D",
         modality={"0": modality},
         labels=labels,
-        generator={"spatial_dims": 3, "seed": seed, "size": size, "num_classes": num_classes, "modality": modality,
-                   **({"difficulty": d} if d > 0 else {})},
+        generator={
+            "spatial_dims": 3,
+            "seed": seed,
+            "size": size,
+            "num_classes": num_classes,
+            "modality": modality,
+            **({"difficulty": d} if d > 0 else {}),
+        },
     )
 
 

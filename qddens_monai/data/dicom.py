@@ -84,7 +84,7 @@ def write_dicom_series(
         ValueError: when ``volume`` is not 3D, or its values do not fit int16 after rescaling.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     volume = np.asarray(volume)
     if volume.ndim != 3:

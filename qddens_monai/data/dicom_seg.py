@@ -133,7 +133,9 @@ class SaveDicomSegd(MapTransform):
             source = str(d[key].meta.get("filename_or_obj", "")) if hasattr(d[key], "meta") else ""
             if source and os.path.isdir(source):
                 name = Path(source).name or "series"
-                write_dicom_seg(d[key][0].cpu().numpy(), source, Path(self.output_dir) / f"{name}_seg.dcm", self.label_names)
+                write_dicom_seg(
+                    d[key][0].cpu().numpy(), source, Path(self.output_dir) / f"{name}_seg.dcm", self.label_names
+                )
             elif self.fallback is not None:
                 d = dict(self.fallback(d))
         return d

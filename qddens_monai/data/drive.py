@@ -121,7 +121,10 @@ def prepare_drive(drive_root: PathLike, out_dir: Optional[PathLike] = None) -> s
             (out / f"{folder}{suffix}").mkdir(parents=True, exist_ok=True)
         for number, image, manual, mask in cases[split]:
             name = f"drive_{number}.png"
-            entry = {"image": os.fspath(out / f"images{suffix}" / name), "mask": os.fspath(out / f"masks{suffix}" / name)}
+            entry = {
+                "image": os.fspath(out / f"images{suffix}" / name),
+                "mask": os.fspath(out / f"masks{suffix}" / name),
+            }
             with Image.open(image) as img:
                 img.convert("RGB").save(entry["image"])
                 size = img.size

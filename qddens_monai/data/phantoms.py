@@ -34,8 +34,13 @@ __all__ = ["create_mr_slice_2d", "write_demo_mr_2d"]
 PathLike = Union[str, os.PathLike]
 
 
-def _blob(shape: tuple[int, int], center: Sequence[float], radii: Sequence[float], rng: np.random.Generator,
-          wobble: float = 0.15) -> np.ndarray:
+def _blob(
+    shape: tuple[int, int],
+    center: Sequence[float],
+    radii: Sequence[float],
+    rng: np.random.Generator,
+    wobble: float = 0.15,
+) -> np.ndarray:
     """Boolean mask of an ellipse whose radius varies with the angle by a few random harmonics."""
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
     dy, dx = (yy - center[0]) / radii[0], (xx - center[1]) / radii[1]
@@ -76,16 +81,28 @@ def create_mr_slice_2d(
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     h, w = (int(s) for s in shape)
     d = float(difficulty)
-    body = _blob((h, w), (h / 2 + rng.uniform(-4, 4), w / 2 + rng.uniform(-4, 4)),
-                 (h * rng.uniform(0.40, 0.46), w * rng.uniform(0.40, 0.46)), rng, wobble=0.1)
+    body = _blob(
+        (h, w),
+        (h / 2 + rng.uniform(-4, 4), w / 2 + rng.uniform(-4, 4)),
+        (h * rng.uniform(0.40, 0.46), w * rng.uniform(0.40, 0.46)),
+        rng,
+        wobble=0.1,
+    )
     tissue = 0.45 + 0.08 * _smooth_noise((h, w), 6.0, rng) + 0.05 * _smooth_noise((h, w), 2.0, rng)
     image = np.where(body, tissue, 0.0)
     # the organ, well inside the body
     radii = (h * rng.uniform(0.09, 0.15), w * rng.uniform(0.09, 0.15))
     center = (h / 2 + rng.uniform(-0.12, 0.12) * h, w / 2 + rng.uniform(-0.12, 0.12) * w)
     organ = _blob((h, w), center, radii, rng) & body
-    core = _blob((h, w), (center[0] + rng.uniform(-0.15, 0.15) * radii[0], center[1] + rng.uniform(-0.15, 0.15) * radii[1]),
-                 (radii[0] * rng.uniform(0.45, 0.65), radii[1] * rng.uniform(0.45, 0.65)), rng) & organ
+    core = (
+        _blob(
+            (h, w),
+            (center[0] + rng.uniform(-0.15, 0.15) * radii[0], center[1] + rng.uniform(-0.15, 0.15) * radii[1]),
+            (radii[0] * rng.uniform(0.45, 0.65), radii[1] * rng.uniform(0.45, 0.65)),
+            rng,
+        )
+        & organ
+    )
     contrast = (0.30 - 0.20 * d) * rng.choice([-1.0, 1.0])
     image = np.where(organ, image + contrast, image)
     image = np.where(core, image + 0.6 * abs(contrast) * rng.choice([-1.0, 1.0]), image)
@@ -146,7 +163,11 @@ def write_demo_mr_2d(
                 nib.save(nib.Nifti1Image(array, affine), os.fspath(path))
                 entry[key] = os.fspath(path)
             lists[split].append(entry)
-    labels = {"0": "background", "1": "organ"} if num_classes == 2 else {"0": "background", "1": "outer zone", "2": "central zone"}
+    labels = (
+        {"0": "background", "1": "organ"}
+        if num_classes == 2
+        else {"0": "background", "1": "outer zone", "2": "central zone"}
+    )
     return write_datalist(
         os.fspath(out / "dataset.json"),
         lists["training"],
@@ -159,6 +180,11 @@ def write_demo_mr_2d(
         tensorImageSize="2D",
         modality={"0": "MR"},
         labels=labels,
-        generator={"spatial_dims": 2, "seed": seed, "shape": [int(s) for s in shape], "num_classes": num_classes,
-                   "difficulty": difficulty},
+        generator={
+            "spatial_dims": 2,
+            "seed": seed,
+            "shape": [int(s) for s in shape],
+            "num_classes": num_classes,
+            "difficulty": difficulty,
+        },
     )

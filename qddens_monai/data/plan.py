@@ -57,8 +57,15 @@ def dataset_fingerprint(datalist: Sequence[dict], image_key: str = "image") -> d
             a = np.asarray(header.affine, dtype=float)[:-1, :-1]
             spacings.append(np.sqrt((a**2).sum(axis=0)))
     if not shapes:
-        return {"num_images": 0, "unreadable": unreadable, "channels": [], "median_size": None, "min_size": None,
-                "max_size": None, "spacing": None}
+        return {
+            "num_images": 0,
+            "unreadable": unreadable,
+            "channels": [],
+            "median_size": None,
+            "min_size": None,
+            "max_size": None,
+            "spacing": None,
+        }
     spatial = np.array([s[1:] for s in shapes if len(s) == len(shapes[0])])
     spacing = None
     if spacings and len({len(s) for s in spacings}) == 1:
@@ -83,10 +90,7 @@ def _fingerprint(data: DataOrFingerprint) -> Mapping[str, Any]:
 
 
 def plan_roi_size(
-    datalist: DataOrFingerprint,
-    spatial_dims: int,
-    max_size: Union[int, Sequence[int], None] = None,
-    divisor: int = 16,
+    datalist: DataOrFingerprint, spatial_dims: int, max_size: Union[int, Sequence[int], None] = None, divisor: int = 16
 ) -> list[int]:
     """The crop / sliding-window size for ``datalist``: median image size, multiple of ``divisor``, capped.
 
@@ -108,7 +112,9 @@ def plan_roi_size(
         return caps
     median = fingerprint["median_size"][-spatial_dims:]
     roi = [max(divisor, min(c, (int(m) // divisor) * divisor)) for m, c in zip(median, caps)]
-    logger.info("planned roi_size %s from %d images (median size %s, cap %s)", roi, fingerprint["num_images"], median, caps)
+    logger.info(
+        "planned roi_size %s from %d images (median size %s, cap %s)", roi, fingerprint["num_images"], median, caps
+    )
     return roi
 
 
@@ -123,7 +129,7 @@ def plan_num_samples(datalist: DataOrFingerprint, roi_size: Sequence[int], max_s
     median = _fingerprint(datalist)["median_size"]
     if median is None:  # nothing readable: the data check that follows says why
         return 1
-    median = median[-len(roi_size):]
+    median = median[-len(roi_size) :]
     ratio = float(np.prod(median)) / float(np.prod([int(r) for r in roi_size]))
     return int(min(max_samples, max(1, round(ratio))))
 
@@ -137,7 +143,9 @@ def write_plan(
 
     Written atomically, so a reader never sees half a file.
     """
-    plan: dict[str, Any] = {"settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str, list, bool))}}
+    plan: dict[str, Any] = {
+        "settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str, list, bool))}
+    }
     if datalist is not None:
         plan["fingerprint"] = dict(_fingerprint(datalist))
     os.makedirs(output_dir, exist_ok=True)

@@ -85,7 +85,9 @@ def intensity_normalization(
         return [ScaleIntensityd(keys, minv=0.0, maxv=1.0, channel_wise=True, **kw)]
     if name == "none":
         return []
-    raise ValueError(f"Unknown modality {modality!r}; choose one of {list(MODALITIES)} (or {sorted(MODALITY_ALIASES)}).")
+    raise ValueError(
+        f"Unknown modality {modality!r}; choose one of {list(MODALITIES)} (or {sorted(MODALITY_ALIASES)})."
+    )
 
 
 def label_transform(

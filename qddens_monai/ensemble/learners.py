@@ -52,10 +52,7 @@ def _split_counts(channels: int, num_learners: Optional[int], num_classes: Optio
 
 
 def split_learners(
-    pred: torch.Tensor,
-    num_learners: Optional[int] = None,
-    num_classes: Optional[int] = None,
-    batched: bool = True,
+    pred: torch.Tensor, num_learners: Optional[int] = None, num_classes: Optional[int] = None, batched: bool = True
 ) -> torch.Tensor:
     """Inverse of :func:`merge_learners`.
 

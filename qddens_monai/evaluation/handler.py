@@ -41,8 +41,11 @@ def _items(x: Any) -> list:
 
 def _lookup(container: Any, key: str, n: int) -> list:
     """``key`` of every item of a decollated (list of dicts) or batched (dict) engine state, or Nones."""
-    if isinstance(container, Sequence) and not isinstance(container, str) and container and isinstance(
-        container[0], Mapping
+    if (
+        isinstance(container, Sequence)
+        and not isinstance(container, str)
+        and container
+        and isinstance(container[0], Mapping)
     ):
         return [item.get(key) if isinstance(item, Mapping) else None for item in container][:n]
     if isinstance(container, Mapping) and container.get(key) is not None:
@@ -280,8 +283,17 @@ class EnsembleMetrics(Metric):
             row: dict[str, Any] = {"image": name or _filename(pred, label) or fallback}
             row.update(
                 image_metrics(
-                    probs, label, mask, self.activation, self.members, self.metrics, self.disagreement,
-                    self.threshold, self.ignore_empty, spacing, self.class_names,
+                    probs,
+                    label,
+                    mask,
+                    self.activation,
+                    self.members,
+                    self.metrics,
+                    self.disagreement,
+                    self.threshold,
+                    self.ignore_empty,
+                    spacing,
+                    self.class_names,
                 )
             )
             self._rows.append(row)
@@ -308,8 +320,14 @@ class EnsembleMetrics(Metric):
         meta_out = _lookup(engine.state.output, f"{Keys.IMAGE}_meta_dict", n)
         meta_batch = _lookup(engine.state.batch, f"{Keys.IMAGE}_meta_dict", n)
         names = [
-            _filename(preds[i], images_out[i], images_batch[i], meta_out[i], meta_batch[i],
-                      labels[i] if i < len(labels) else None)
+            _filename(
+                preds[i],
+                images_out[i],
+                images_batch[i],
+                meta_out[i],
+                meta_batch[i],
+                labels[i] if i < len(labels) else None,
+            )
             for i in range(n)
         ]
         self.update((preds, labels, masks, names))
@@ -337,7 +355,9 @@ class EnsembleMetrics(Metric):
                 if col != name:  # never shadow the key value
                     engine.state.metrics[col] = stats["mean"]
 
-    def attach(self, engine: Engine, name: Optional[str] = None, usage: Union[str, MetricUsage] = EpochWise.usage_name) -> None:
+    def attach(
+        self, engine: Engine, name: Optional[str] = None, usage: Union[str, MetricUsage] = EpochWise.usage_name
+    ) -> None:
         """Attach as a metric (``name`` defaults to ``metric_name``) and write the files at ``COMPLETED``."""
         super().attach(engine, name or self.metric_name, usage)
         if self.output_dir is not None and not engine.has_event_handler(self.write, Events.COMPLETED):
@@ -408,8 +428,7 @@ class EnsembleMetrics(Metric):
             w = csv.writer(f)
             w.writerow(header)
             for row in self.rows:
-                w.writerow([row.get(c, "") if c == "image" else repr(float(row.get(c, float("nan"))))
-                            for c in header])
+                w.writerow([row.get(c, "") if c == "image" else repr(float(row.get(c, float("nan")))) for c in header])
 
         def _summary_csv(f: Any) -> None:
             w = csv.writer(f)
@@ -447,12 +466,18 @@ class EnsembleMetrics(Metric):
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         colors = ["tab:red" if m == "ensemble" else "tab:purple" if m == "meta" else "tab:blue" for m in members]
-        ax.bar(range(len(members)), [0.0 if math.isnan(v) else v for v in means],
-               yerr=[0.0 if math.isnan(s) else s for s in stds], color=colors, capsize=4)
+        ax.bar(
+            range(len(members)),
+            [0.0 if math.isnan(v) else v for v in means],
+            yerr=[0.0 if math.isnan(s) else s for s in stds],
+            color=colors,
+            capsize=4,
+        )
         for x, (v, sd) in enumerate(zip(means, stds)):
             top = (0.0 if math.isnan(v) else v) + (0.0 if math.isnan(sd) else sd)
-            ax.text(x, min(top + 0.01, 0.98), "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="bottom",
-                    fontsize=8)
+            ax.text(
+                x, min(top + 0.01, 0.98), "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="bottom", fontsize=8
+            )
         ax.set_xticks(range(len(members)))
         ax.set_xticklabels(members, rotation=30, ha="right")
         ax.set_ylim(0.0, 1.05)

@@ -58,8 +58,8 @@ def member_probabilities(probs: torch.Tensor, member: Union[str, int]) -> torch.
             raise ValueError("'base_mean' needs an ensemble (at least 2 learners).")
         return probs[:-1].mean(0)
     for prefix, limit in (("base_", k - 1), ("learner_", k)):
-        if member.startswith(prefix) and member[len(prefix):].isdigit():
-            i = int(member[len(prefix):])
+        if member.startswith(prefix) and member[len(prefix) :].isdigit():
+            i = int(member[len(prefix) :])
             if i >= limit:
                 raise ValueError(f"{member!r}: there are only {limit} such learners.")
             return probs[i]

@@ -22,14 +22,7 @@ from monai.utils import convert_to_tensor
 from qddens_monai.ensemble import learner_disagreement, learner_pairs
 from qddens_monai.evaluation.inferer import learner_names, member_names, member_probabilities
 
-__all__ = [
-    "ALL_METRICS",
-    "image_metrics",
-    "segmentation_metrics",
-    "disagreement_matrices",
-    "summarize",
-    "nan_mean",
-]
+__all__ = ["ALL_METRICS", "image_metrics", "segmentation_metrics", "disagreement_matrices", "summarize", "nan_mean"]
 
 #: Metrics computed per member by default.
 ALL_METRICS = ("dice", "hd95", "sensitivity", "specificity", "auc")
@@ -169,16 +162,27 @@ def segmentation_metrics(
     else:
         pred_roi, lab_roi = pred, lab
     if "dice" in metrics:
-        dice = nan if empty else _quiet(
-            DiceMetric(include_background=True, reduction="none", ignore_empty=ignore_empty),
-            pred_roi[None].float(), lab_roi[None].float(),
-        )[0].tolist()
+        dice = (
+            nan
+            if empty
+            else _quiet(
+                DiceMetric(include_background=True, reduction="none", ignore_empty=ignore_empty),
+                pred_roi[None].float(),
+                lab_roi[None].float(),
+            )[0].tolist()
+        )
         _per_class("dice", dice, names, out)
     if "hd95" in metrics:
-        hd = nan if empty else _quiet(
-            HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none"),
-            pred_roi[None].float(), lab_roi[None].float(), spacing=spacing,
-        )[0].tolist()
+        hd = (
+            nan
+            if empty
+            else _quiet(
+                HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none"),
+                pred_roi[None].float(),
+                lab_roi[None].float(),
+                spacing=spacing,
+            )[0].tolist()
+        )
         _per_class("hd95", hd, names, out)
 
     # Voxel-wise rates: only voxels inside the roi exist, flattened to (1, n_fg, N).
@@ -198,18 +202,13 @@ def segmentation_metrics(
             _per_class(m, v, names, out)
     if "auc" in metrics:
         # One-vs-rest per foreground class: that class's probability against its label.
-        auc = nan if empty else [
-            float(_quiet(compute_roc_auc, prob_v[i], lab_v[i].float())) for i in range(len(fg))
-        ]
+        auc = nan if empty else [float(_quiet(compute_roc_auc, prob_v[i], lab_v[i].float())) for i in range(len(fg))]
         _per_class("auc", auc, names, out)
     return out
 
 
 def disagreement_matrices(
-    probs: torch.Tensor,
-    inside: Optional[torch.Tensor] = None,
-    activation: str = "softmax",
-    threshold: float = 0.5,
+    probs: torch.Tensor, inside: Optional[torch.Tensor] = None, activation: str = "softmax", threshold: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise disagreement of K learners on one image, per learner pair.
 
@@ -297,8 +296,15 @@ def image_metrics(
     }
     for member in member_names(k) if members is None else members:
         values = segmentation_metrics(
-            member_probabilities(probs, member), label_oh, inside, activation, metrics, threshold, ignore_empty,
-            spacing, class_names,
+            member_probabilities(probs, member),
+            label_oh,
+            inside,
+            activation,
+            metrics,
+            threshold,
+            ignore_empty,
+            spacing,
+            class_names,
         )
         row.update({f"{member}/{name}": v for name, v in values.items()})
     if disagreement and k > 1:

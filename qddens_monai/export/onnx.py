@@ -133,7 +133,9 @@ class OnnxRuntimeNetwork(nn.Module):
         import onnxruntime as ort
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model {path} does not exist; export it first (qddens-monai export-zoo --onnx).")
+            raise FileNotFoundError(
+                f"ONNX model {path} does not exist; export it first (qddens-monai export-zoo --onnx)."
+            )
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = int(num_threads)

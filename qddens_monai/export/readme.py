@@ -29,8 +29,7 @@ def _commands(student: bool, quantized: bool, onnx: bool) -> str:
 
 The student is distilled from the ensemble with the source bundle's `configs/distill.json`; this export
 carries its inference only (no training configs)."""
-    parts = [
-        """#### Execute training:
+    parts = ["""#### Execute training:
 
 ```bash
 python -m monai.bundle run training --config_file configs/train.json --dataset_dir /path/to/dataset
@@ -54,8 +53,7 @@ Multi-GPU evaluation is not provided: evaluation runs in one process.
 #### Execute inference:
 
 ```bash
-""" + inference + "\n```"
-    ]
+""" + inference + "\n```"]
     if quantized:
         parts.append("""#### Execute inference from the packed low-bit weights:
 
@@ -82,7 +80,9 @@ def zoo_readme(name: str, meta: dict, student: bool, quantized: bool, result, fi
     fmt_out = meta["network_data_format"]["outputs"]["pred"]
     rows = "\n".join(f"| `models/{k}` | {_mb(sizes[k])} | {v} |" for k, v in _ARTIFACTS.items() if k in sizes)
     metrics = "\n".join(f"| {k} | {v} |" for k, v in meta.get("eval_metrics", {}).items())
-    agreement = "".join(f"\n- {k.replace('_', ' ')}: Dice {v:.4f} against the PyTorch model's mask" for k, v in dice.items())
+    agreement = "".join(
+        f"\n- {k.replace('_', ' ')}: Dice {v:.4f} against the PyTorch model's mask" for k, v in dice.items()
+    )
     figs = "".join(f"\n![{f[:-4].replace('_', ' ')}]({f})" for f in figures)
     refs = "\n".join(f"- {r}" for r in meta.get("references", []))
     required = ", ".join(f"{k}=={v}" for k, v in meta.get("required_packages_version", {}).items())

@@ -60,12 +60,18 @@ def large_files_yml(entries: list[dict]) -> str:
     for e in entries:
         if not e.get("url"):
             raise ValueError(f"large file {e.get('path')!r} has no url: the zoo could not download it.")
-        lines += [f'  - path: "{e["path"]}"', f'    url: "{e["url"]}"', f'    hash_val: "{e["hash_val"]}"',
-                  f'    hash_type: "{e["hash_type"]}"']
+        lines += [
+            f'  - path: "{e["path"]}"',
+            f'    url: "{e["url"]}"',
+            f'    hash_val: "{e["hash_val"]}"',
+            f'    hash_type: "{e["hash_type"]}"',
+        ]
     return "\n".join(lines) + "\n"
 
 
-def split_weights(folder: PathLike, weights_dir: PathLike, weights_url: str, limit: int = LARGE_FILE_BYTES) -> list[dict]:
+def split_weights(
+    folder: PathLike, weights_dir: PathLike, weights_url: str, limit: int = LARGE_FILE_BYTES
+) -> list[dict]:
     """Move ``folder``'s files over ``limit`` bytes to ``weights_dir`` (same relative paths); list them.
 
     Writes ``folder/large_files.yml`` with each moved file's ``url`` (``weights_url/<file name>``), sha256

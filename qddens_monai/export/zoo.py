@@ -27,8 +27,9 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import RandSpatialCropSamples, SpatialPad
 from torch import nn
 
-from qddens_monai.config import REPOSITORY, load_bundle_configs
+from qddens_monai.config import REPOSITORY
 from qddens_monai.config import bundle_dir as repository_bundle_dir
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.export.dependencies import bundle_dependencies
 from qddens_monai.export.metadata import build_metadata
 from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
@@ -167,8 +168,19 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _verify_net_in_out(folder: Path, timeout: float) -> None:
     # Run from the exported folder with the vendored code only: the same check the Model Zoo CI does.
-    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-           "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"verify_net_in_out failed in the exported bundle:\n{proc.stderr[-3000:]}")
@@ -247,8 +259,20 @@ def export_zoo(
     tmp_zip = out / f".{name}.zip.tmp{os.getpid()}"
     tmp_weights = out / f".{name}_weights.tmp{os.getpid()}"
     try:
-        result = _build(name, tmp, bundle_dir, network, parser, student, quantized, onnx, version,
-                        calibration_images, calibration_patches, verify_timeout)
+        result = _build(
+            name,
+            tmp,
+            bundle_dir,
+            network,
+            parser,
+            student,
+            quantized,
+            onnx,
+            version,
+            calibration_images,
+            calibration_patches,
+            verify_timeout,
+        )
         _write_zip(tmp, tmp_zip, name)
         if weights_url is not None:
             result.large_files = split_weights(tmp, tmp_weights, weights_url)
@@ -341,15 +365,22 @@ def _build(
     # the workflows the zoo's CI creates and its unit tests run (inference, train, evaluate) need theirs installed
     required = set().union(*(deps.get(c, set()) for c in ("inference.json", "train.json", "evaluate.json")))
     optional = set().union(*deps.values()) - required  # -> metadata "extra_packages_version"
-    meta = build_metadata(meta_base, change, version, packages=tuple(required), overrides=overrides,
-                          optional_packages=tuple(optional))
+    meta = build_metadata(
+        meta_base, change, version, packages=tuple(required), overrides=overrides, optional_packages=tuple(optional)
+    )
     _write_json(configs / "metadata.json", meta)
 
     with torch.no_grad():
         traced = torch.jit.trace(frozen, example, check_trace=False)
     extra = {"inference.json": json.dumps(rewrite_config(inference)).encode()}
-    save_net_with_metadata(traced, str(models / "model.ts"), include_config_vals=False, append_timestamp=False,
-                           meta_values=meta, more_extra_files=extra)
+    save_net_with_metadata(
+        traced,
+        str(models / "model.ts"),
+        include_config_vals=False,
+        append_timestamp=False,
+        meta_values=meta,
+        more_extra_files=extra,
+    )
 
     onnx_paths: dict[str, Path] = {}
     if onnx:

@@ -189,7 +189,9 @@ def verify_full(models_path: PathLike, name: str) -> list[str]:
     verify_version_changes(models_path, name)
     steps.append("verify_version_changes")
     # verify_metadata_format
-    verify_metadata(meta_file=str(bundle_path / "configs/metadata.json"), filepath=str(bundle_path / "eval/schema.json"))
+    verify_metadata(
+        meta_file=str(bundle_path / "configs/metadata.json"), filepath=str(bundle_path / "eval/schema.json")
+    )
     steps.append("verify_metadata_format (meta_schema_20240725.json)")
     missing = check_workflow_properties(bundle_path)
     if any(missing.values()):
@@ -275,8 +277,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--models-path", help="verify an already assembled models/ folder instead (with --name)")
     parser.add_argument("--name", help="the bundle name under --models-path")
     parser.add_argument("--style", action="store_true", help="also run the zoo's flake8 / black / isort / pre-commit")
-    parser.add_argument("--properties-only", action="store_true",
-                        help="only create the train and inference workflows and check their properties")
+    parser.add_argument(
+        "--properties-only",
+        action="store_true",
+        help="only create the train and inference workflows and check their properties",
+    )
     args = parser.parse_args(argv)
     if args.models_path:
         models_path, name = Path(args.models_path), args.name

@@ -61,7 +61,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(save_dir, save_dict, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, getattr(checkpoint.save_handler, "filename", None))
+                checkpoint.save_handler = _AtomicDiskSaver(
+                    self.save_dir, getattr(checkpoint.save_handler, "filename", None)
+                )
 
 
 _NUMBER = re.compile(r"(?:epoch|iteration)=(\d+)")
@@ -72,7 +74,9 @@ def _check_loadable(path: Path, keys: Sequence[str]) -> str | None:
     try:
         content = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, not a torch file, ...
-        return f"cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else ''})"
+        return (
+            f"cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else ''})"
+        )
     if not isinstance(content, dict):
         return f"holds a {type(content).__name__}, not a checkpoint dict"
     missing = [k for k in keys if k not in content]
@@ -98,7 +102,9 @@ def find_checkpoint(resume_from: str, checkpoint_dir: str, keys: Sequence[str] =
         ValueError: the file is damaged or is not a training checkpoint (e.g. ``models/model.pt``).
     """
     if not isinstance(resume_from, (str, os.PathLike)):
-        raise TypeError(f"resume_from must be a file path or 'latest', got {resume_from!r} ({type(resume_from).__name__}).")
+        raise TypeError(
+            f"resume_from must be a file path or 'latest', got {resume_from!r} ({type(resume_from).__name__})."
+        )
     resume_from = os.fspath(resume_from)
     if not resume_from:
         return ""
@@ -113,14 +119,18 @@ def find_checkpoint(resume_from: str, checkpoint_dir: str, keys: Sequence[str] =
             raise ValueError(f"resume_from {path}: {problem}.")
         return str(path)
     folder = Path(checkpoint_dir)
-    candidates = [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := _NUMBER.search(p.name))] if folder.is_dir() else []
+    candidates = (
+        [(int(m.group(1)), p) for p in folder.glob("*.pt") if (m := _NUMBER.search(p.name))] if folder.is_dir() else []
+    )
     for _, path in sorted(candidates, reverse=True):
         problem = _check_loadable(path, keys)
         if problem is None:
             logger.info(f"resume_from latest: {path}")
             return str(path)
         warnings.warn(f"resume_from latest: skipping {path}, it {problem}.", stacklevel=2)
-    raise FileNotFoundError(f"resume_from latest: no loadable checkpoint in {folder} (found {len(candidates)} candidate(s)).")
+    raise FileNotFoundError(
+        f"resume_from latest: no loadable checkpoint in {folder} (found {len(candidates)} candidate(s))."
+    )
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -149,7 +159,11 @@ class EpochSeedHandler:
     def __call__(self, engine: Engine) -> None:
         from monai.utils import set_determinism
 
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rank = (
+            torch.distributed.get_rank()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 0
+        )
         seed = _epoch_seed(self.seed, engine.state.epoch, rank)
         set_determinism(seed=seed)
         if self.transforms is not None and hasattr(self.transforms, "set_random_state"):

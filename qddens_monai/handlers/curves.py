@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
-from torch import nn
-
 from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
 
 from qddens_monai.handlers.drawing import CurvePanel, draw_training_curves
 from qddens_monai.handlers.figures import atomic_write, is_main_process, save_figure, to_float
@@ -414,9 +413,7 @@ class TrainingCurvesHandler:
         ]
         diversity_cols = [c for c in columns if c.startswith("loss/") and "diversity" in c]
         lr_cols = [c for c in columns if c == "lr" or c.startswith("lr/")]
-        metric_cols = [
-            c for c in columns if not (c.startswith(("loss", "lr")) or c in ("quant_step", "quant_total"))
-        ]
+        metric_cols = [c for c in columns if not (c.startswith(("loss", "lr")) or c in ("quant_step", "quant_total"))]
         key_name, better = self._key_metric()
         panels = []
         for title, cols in (

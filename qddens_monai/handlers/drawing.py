@@ -57,9 +57,9 @@ class CurvePanel:
 
 
 def _curve_style(col: str) -> dict[str, Any]:
-    label = col[len("loss/"):] if col.startswith("loss/") else col
+    label = col[len("loss/") :] if col.startswith("loss/") else col
     if label.startswith("diversity/"):
-        label = label[len("diversity/"):]
+        label = label[len("diversity/") :]
     style: dict[str, Any] = {"marker": "o", "markersize": 3}
     if col == "loss":
         style.update(color="black", linewidth=2.2, label="loss (epoch mean)")
@@ -101,8 +101,16 @@ def draw_training_curves(
             ax.plot(xs, ys, **_curve_style(col))
             if panel.best is not None and panel.best[0] == col:
                 _, x, y = panel.best
-                ax.plot([x], [y], marker="*", markersize=14, color="gold", markeredgecolor="black",
-                        linestyle="none", label=f"best {y:.4g} (epoch {x})")
+                ax.plot(
+                    [x],
+                    [y],
+                    marker="*",
+                    markersize=14,
+                    color="gold",
+                    markeredgecolor="black",
+                    linestyle="none",
+                    label=f"best {y:.4g} (epoch {x})",
+                )
         if panel.title == "Learning rate":
             lrs = [v for _, _, ys in panel.series for v in ys]
             if lrs and min(lrs) > 0 and max(lrs) / min(lrs) >= 10:
@@ -111,12 +119,23 @@ def draw_training_curves(
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         for k, (epoch, step, total) in enumerate(quantization_steps):
             ax.axvline(
-                epoch - 0.5, color="tab:purple", linestyle="--", linewidth=1.0, alpha=0.7,
+                epoch - 0.5,
+                color="tab:purple",
+                linestyle="--",
+                linewidth=1.0,
+                alpha=0.7,
                 label="quantization step" if k == 0 else None,
             )
             ax.text(
-                epoch - 0.5, 0.99, f" Q{step}" + (f"/{total}" if total else ""), transform=ax.get_xaxis_transform(),
-                rotation=90, va="top", ha="right", fontsize=7, color="tab:purple",
+                epoch - 0.5,
+                0.99,
+                f" Q{step}" + (f"/{total}" if total else ""),
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=7,
+                color="tab:purple",
             )
         ax.set_title(panel.title)
         ax.set_xlabel("epoch")
@@ -189,8 +208,12 @@ def draw_overlay(panels: OverlayPanels, alpha: float = 0.55) -> Figure:
         axes[k].imshow(over, interpolation="nearest")
         axes[k].set_title("Label")
         if classes:
-            axes[k].legend(handles=[Patch(color=_class_color(c), label=f"class {c}") for c in classes],
-                           loc="lower right", fontsize="x-small", framealpha=0.7)
+            axes[k].legend(
+                handles=[Patch(color=_class_color(c), label=f"class {c}") for c in classes],
+                loc="lower right",
+                fontsize="x-small",
+                framealpha=0.7,
+            )
         k += 1
     over = base.copy()
     title = "Prediction"
@@ -198,8 +221,11 @@ def draw_overlay(panels: OverlayPanels, alpha: float = 0.55) -> Figure:
     if pred_s is not None:
         if panels.binary and label_s is not None:
             tp, fp, fn = (pred_s > 0) & (label_s > 0), (pred_s > 0) & (label_s == 0), (pred_s == 0) & (label_s > 0)
-            for mask, color, text in ((tp, _TP, "true positive"), (fp, _FP, "false positive"),
-                                      (fn, _FN, "false negative")):
+            for mask, color, text in (
+                (tp, _TP, "true positive"),
+                (fp, _FP, "false positive"),
+                (fn, _FN, "false negative"),
+            ):
                 _blend(over, mask, color, alpha)
                 handles.append(Patch(color=color, label=text))
         else:
@@ -217,8 +243,9 @@ def draw_overlay(panels: OverlayPanels, alpha: float = 0.55) -> Figure:
     k += 1
     if dis is not None:
         im = axes[k].imshow(dis, cmap="magma", vmin=0.0, vmax=panels.disagreement_vmax, interpolation="nearest")
-        axes[k].set_title(f"Learner disagreement\n{panels.disagreement_title} (max {float(dis.max()):.2f})",
-                          fontsize="medium")
+        axes[k].set_title(
+            f"Learner disagreement\n{panels.disagreement_title} (max {float(dis.max()):.2f})", fontsize="medium"
+        )
         fig.colorbar(im, ax=axes[k], fraction=0.046, pad=0.03)
     fig.suptitle(panels.header)
     fig.tight_layout()

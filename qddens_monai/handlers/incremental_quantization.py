@@ -124,7 +124,9 @@ class IncrementalQuantizationHandler:
                 self._lr_steps = 0 if self.reset_lr else due
             while self._lr_steps < due:
                 self._lr_steps += 1
-                self.logger.info(f"Epoch {engine.state.epoch}: schedule step {self._lr_steps}/{self.num_steps} (no quantization).")
+                self.logger.info(
+                    f"Epoch {engine.state.epoch}: schedule step {self._lr_steps}/{self.num_steps} (no quantization)."
+                )
                 self._set_lr(self._lr_steps)
             return
         done, total = quantization_progress(self.network)
@@ -175,7 +177,7 @@ class IncrementalQuantizationHandler:
                 f"IncrementalQuantizationHandler sets the learning rate at each quantization step (reset_lr="
                 f"{self.reset_lr}, lr_decay={self.lr_decay}) and would fight the learning-rate scheduler "
                 f"({', '.join(sorted(set(found)))}). Either remove the scheduler, or leave the learning rate to it: "
-                "reset_lr=False and lr_decay=1.0 (in the bundle: --lr_decay_per_step 1.0 and \"reset_lr\": false in "
+                'reset_lr=False and lr_decay=1.0 (in the bundle: --lr_decay_per_step 1.0 and "reset_lr": false in '
                 "the handler's entry of train#handlers)."
             )
 

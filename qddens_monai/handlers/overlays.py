@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
-from torch import nn
-
 from monai.utils import IgniteInfo, min_version, optional_import
+from torch import nn
 
 from qddens_monai.ensemble import DISAGREEMENT_MEASURES, learner_disagreement, max_disagreement, unwrap_network
 from qddens_monai.evaluation.inferer import LearnerProbabilities, split_learners
@@ -291,8 +290,22 @@ class OverlayHandler:
                 source = source[0]
             if isinstance(source, (str, os.PathLike)) and str(source):
                 base = os.path.basename(os.path.normpath(str(source)))
-                for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
-                            ".npy", ".npz", ".dcm", ".gz"):
+                for ext in (
+                    ".nii.gz",
+                    ".nii",
+                    ".mha",
+                    ".mhd",
+                    ".nrrd",
+                    ".png",
+                    ".jpg",
+                    ".jpeg",
+                    ".tif",
+                    ".tiff",
+                    ".npy",
+                    ".npz",
+                    ".dcm",
+                    ".gz",
+                ):
                     if base.lower().endswith(ext):
                         base = base[: -len(ext)]
                         break
@@ -398,8 +411,9 @@ class OverlayHandler:
             p_slice = probs.numpy() if axis is None else np.take(probs.numpy(), slice_index, axis=axis + 2)
             activation = getattr(self._ensemble(), "activation", "softmax")
             dis = orient(
-                learner_disagreement(torch.from_numpy(np.ascontiguousarray(p_slice)), self.disagreement,
-                                     self.foreground, activation).numpy()
+                learner_disagreement(
+                    torch.from_numpy(np.ascontiguousarray(p_slice)), self.disagreement, self.foreground, activation
+                ).numpy()
             )
 
         name = self._sample_name(item, batch_item)
@@ -418,9 +432,11 @@ class OverlayHandler:
             dice=_dice(pred, label) if label is not None and pred is not None else None,
             whole_volume=axis is not None,
             disagreement=dis,
-            disagreement_vmax=(self.disagreement_vmax or max_disagreement(probs.shape[0], self.disagreement))
-            if probs is not None
-            else 1.0,
+            disagreement_vmax=(
+                (self.disagreement_vmax or max_disagreement(probs.shape[0], self.disagreement))
+                if probs is not None
+                else 1.0
+            ),
             disagreement_title=f"{_MEASURE_TITLES[self.disagreement]}, K={probs.shape[0]}" if probs is not None else "",
             header=header,
         )

@@ -75,12 +75,24 @@ from qddens_monai.label.pacs import PacsDatastore  # noqa: E402
 from qddens_monai.label.scoring import DisagreementMapd  # noqa: E402
 from qddens_monai.label.screening import StudyScreen  # noqa: E402
 from qddens_monai.label.selection import SuggestiveConfig  # noqa: E402
-from qddens_monai.label.strategies import SCORE_KEY, EnsembleScoring, SuggestiveStrategy, UncertaintyStrategy  # noqa: E402
+from qddens_monai.label.strategies import (  # noqa: E402
+    SCORE_KEY,
+    EnsembleScoring,
+    SuggestiveStrategy,
+    UncertaintyStrategy,
+)
 from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
 from qddens_monai.label.training import CheckedTrainTask  # noqa: E402
 
-__all__ = ["QDDEnsLabelApp", "LabelInferTask", "DisagreementInferTask", "EnsembleScoring", "UncertaintyStrategy",
-           "SuggestiveStrategy", "SCORE_KEY"]
+__all__ = [
+    "QDDEnsLabelApp",
+    "LabelInferTask",
+    "DisagreementInferTask",
+    "EnsembleScoring",
+    "UncertaintyStrategy",
+    "SuggestiveStrategy",
+    "SCORE_KEY",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +131,13 @@ class DisagreementInferTask(BundleInferTask):
 
     def post_transforms(self, data: Any = None) -> Sequence[Callable]:
         num_classes = int(self.bundle_config.get_parsed_content("num_classes"))
-        return _drop_2d_channel(self, [DisagreementMapd(keys=self.key_pred, num_classes=num_classes, kind=self.kind),
-                                       Restored(keys=self.key_pred, ref_image=self.key_image)])
+        return _drop_2d_channel(
+            self,
+            [
+                DisagreementMapd(keys=self.key_pred, num_classes=num_classes, kind=self.kind),
+                Restored(keys=self.key_pred, ref_image=self.key_image),
+            ],
+        )
 
     def writer(self, data: dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Any:
         # A float map: NIfTI whatever the study's format (PNG holds no floats).
@@ -178,9 +195,11 @@ class QDDEnsLabelApp(MONAILabelApp):
         self.screen = _bundle_screen(bundle)
         quantization = _bundle_quantization(bundle)
         if (quantization != "float") != self.suggestive.quantized_scorers:
-            raise ValueError(f"conf quantized_scorers={self.suggestive.quantized_scorers} but the bundle {bundle} has "
-                             f"quantization {quantization!r}: start the server with qddens-monai label-server "
-                             "(it prepares the bundle to match) or set the bundle's quantization")
+            raise ValueError(
+                f"conf quantized_scorers={self.suggestive.quantized_scorers} but the bundle {bundle} has "
+                f"quantization {quantization!r}: start the server with qddens-monai label-server "
+                "(it prepares the bundle to match) or set the bundle's quantization"
+            )
         if not studies.startswith(("http://", "https://")) and os.path.isdir(studies):
             convert_dicom_studies(studies, check=self.screen.study_problem)
         super().__init__(
@@ -198,9 +217,13 @@ class QDDEnsLabelApp(MONAILabelApp):
             if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
                 return super().init_datastore()
             return self._pacs_datastore()
-        return CheckedDatastore(self.studies, self.screen, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-                                auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-                                read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+        return CheckedDatastore(
+            self.studies,
+            self.screen,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
 
     def _pacs_datastore(self) -> PacsDatastore:
         """A :class:`PacsDatastore` on ``--studies`` (a DICOMweb root), with MONAI Label's DICOMweb settings
@@ -215,16 +238,27 @@ class QDDEnsLabelApp(MONAILabelApp):
 
             session = create_session_from_gcp_credentials()
         elif settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
-            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
-                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)
-        client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+            session = create_session_from_user_pass(
+                settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+            )
+        client = DICOMwebClientX(
+            url=self.studies,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
         cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or os.path.join(
-            Path.home(), ".cache", "qddens-monai", "dicomweb")
+            Path.home(), ".cache", "qddens-monai", "dicomweb"
+        )
         bundle = next(iter(self.models.values()))
-        return PacsDatastore(client, self.screen, os.path.join(cache, md5_digest(self.studies)), _bundle_classes(bundle),
-                             search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER)
+        return PacsDatastore(
+            client,
+            self.screen,
+            os.path.join(cache, md5_digest(self.studies)),
+            _bundle_classes(bundle),
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+        )
 
     def on_init_complete(self) -> None:
         """Screen every study once when the server starts (the verdicts are cached per file version)."""
@@ -234,8 +268,10 @@ class QDDEnsLabelApp(MONAILabelApp):
             start = time.monotonic()
             images = datastore.list_images()
             bad = len(images) - len(datastore.servable(images))
-            logger.info(f"screened {len(images)} studies in {time.monotonic() - start:.1f} s: {bad} cannot be served"
-                        + "".join(f"\n  {p}" for p in self.screen.refused().values()))
+            logger.info(
+                f"screened {len(images)} studies in {time.monotonic() - start:.1f} s: {bad} cannot be served"
+                + "".join(f"\n  {p}" for p in self.screen.refused().values())
+            )
         if self.models and strtobool(self.conf.get("background_scoring", "true")):
             scoring = self._scoring()
             scoring.background = True

@@ -96,8 +96,11 @@ def prepare_label_bundle(
         image["modality"] = str(parser.get_parsed_content("modality")).upper()
         image["channel_def"] = {str(i): f"channel {i}" for i in range(in_channels)}
     if spatial_dims == 3:
-        pred["channel_def"] = {"0": "background", "1": "foreground"} if len(pred["channel_def"]) == 2 else {
-            "0": "background", **{str(i): f"class {i}" for i in range(1, len(pred["channel_def"]))}}
+        pred["channel_def"] = (
+            {"0": "background", "1": "foreground"}
+            if len(pred["channel_def"]) == 2
+            else {"0": "background", **{str(i): f"class {i}" for i in range(1, len(pred["channel_def"]))}}
+        )
         meta["data_type"] = "nibabel"
 
     # Check existing weights before writing anything, so a refused start leaves the folder as it was.

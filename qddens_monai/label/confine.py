@@ -66,8 +66,10 @@ def check_tag(tag: Optional[str]) -> str:
         why = "is longer than 64 characters"
     else:
         why = "has characters other than letters, digits, '_', '-', '.'"
-    raise RequestRefused(400, f"label tag {text!r} {why}: a tag is a folder name (letters, digits, '_', '-', '.'; "
-                              "not starting with '.')")
+    raise RequestRefused(
+        400,
+        f"label tag {text!r} {why}: a tag is a folder name (letters, digits, '_', '-', '.'; " "not starting with '.')",
+    )
 
 
 def confined(root: Union[str, os.PathLike], *parts: str) -> Path:

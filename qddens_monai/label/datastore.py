@@ -151,7 +151,9 @@ class CheckedDatastore(LocalDatastore):
         image_id = check_image_id(image_id or derived)
         confined(self._datastore.image_path(), self._filename(image_id, ext))
         if not any(fnmatch.fnmatch(image_id + ext, e) for e in self._extensions):
-            raise RequestRefused(415, f"{ext or 'files without extension'} is not a study format here ({', '.join(self._extensions)})")
+            raise RequestRefused(
+                415, f"{ext or 'files without extension'} is not a study format here ({', '.join(self._extensions)})"
+            )
         problem = self.screen.study_problem(image_filename)
         if problem:
             problem = problem.replace(Path(image_filename).name, image_id + ext)
@@ -171,4 +173,3 @@ class CheckedDatastore(LocalDatastore):
             old_file = Path(self._datastore.label_path(tag)) / self._filename(image_id, old.ext)
             old_file.unlink(missing_ok=True)
         return super().save_label(image_id, label_filename, tag, finite(label_info))
-

@@ -44,8 +44,14 @@ __all__ = ["secure_app", "GuardMiddleware"]
 logger = logging.getLogger(__name__)
 
 # first path segment(s) -> the app info key listing the names it may be followed by
-_NAMED = {("infer",): "models", ("train",): "trainers", ("activelearning",): "strategies",
-          ("scoring",): "scoring", ("batch", "infer"): "models", ("model",): "models"}
+_NAMED = {
+    ("infer",): "models",
+    ("train",): "trainers",
+    ("activelearning",): "strategies",
+    ("scoring",): "scoring",
+    ("batch", "infer"): "models",
+    ("model",): "models",
+}
 _ID_PARAMS = ("image", "id", "label")
 
 
@@ -60,8 +66,9 @@ def _own_origin(request: Request) -> str:
 class GuardMiddleware(BaseHTTPMiddleware):
     """Token, origin, names and ids of every request (see the module doc)."""
 
-    def __init__(self, app: Any, token: Optional[str], origins: Sequence[str],
-                 served: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, app: Any, token: Optional[str], origins: Sequence[str], served: Callable[[], dict[str, Any]]
+    ) -> None:
         super().__init__(app)
         self.token = token or None
         self.origins = {o.rstrip("/") for o in origins}
@@ -74,16 +81,27 @@ class GuardMiddleware(BaseHTTPMiddleware):
             if tuple(parts[:n]) == prefix and len(parts) == n + 1 and parts[n] != "info":
                 names = sorted(self.served().get(key) or {})
                 if parts[n] not in names:
-                    what = {"models": "model", "trainers": "trainer", "strategies": "strategy", "scoring": "scoring method"}[key]
+                    what = {
+                        "models": "model",
+                        "trainers": "trainer",
+                        "strategies": "strategy",
+                        "scoring": "scoring method",
+                    }[key]
                     raise RequestRefused(404, f"no {what} {parts[n]!r} here; served: {names}")
                 if prefix == ("model",) and request.method in ("PUT", "POST", "DELETE"):
-                    raise RequestRefused(403, "the served bundle is read-only through the API: its weights "
-                                              "change only by training from the server")
+                    raise RequestRefused(
+                        403,
+                        "the served bundle is read-only through the API: its weights "
+                        "change only by training from the server",
+                    )
         if parts[:1] == ["proxy"]:  # MONAI Label's DICOMweb proxy appends the path to --studies
             raw = request.scope.get("raw_path", b"").decode("latin-1").lower()
             if any(p in (".", "..") for p in parts) or any(x in raw for x in ("%2e", "%2f", "%5c", "\\")):
-                raise RequestRefused(400, "a DICOMweb proxy path stays under the PACS's DICOMweb root: no '.' or "
-                                          "'..' segments, no encoded '.', '/' or '\\'")
+                raise RequestRefused(
+                    400,
+                    "a DICOMweb proxy path stays under the PACS's DICOMweb root: no '.' or "
+                    "'..' segments, no encoded '.', '/' or '\\'",
+                )
         for key in _ID_PARAMS:
             value = request.query_params.get(key)
             if value:  # an empty image with an uploaded file or a session is MONAI Label's business
@@ -94,13 +112,19 @@ class GuardMiddleware(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         origin = request.headers.get("origin")
         if origin and origin.rstrip("/") not in self.origins and origin.rstrip("/") != _own_origin(request):
-            return _refuse(403, f"cross-origin request from {origin} refused: the server allows no other origins"
-                                " (start it with --cors-origins to allow some)")
+            return _refuse(
+                403,
+                f"cross-origin request from {origin} refused: the server allows no other origins"
+                " (start it with --cors-origins to allow some)",
+            )
         if self.token is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                return _refuse(401, "missing or wrong token: send 'Authorization: Bearer <token>' (the server's "
-                                    "--auth-token)", {"WWW-Authenticate": "Bearer"})
+                return _refuse(
+                    401,
+                    "missing or wrong token: send 'Authorization: Bearer <token>' (the server's " "--auth-token)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         try:
             self._check_names(request)
         except RequestRefused as e:
@@ -126,8 +150,12 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MONAILabelException, monailabel_error)
 
 
-def secure_app(app: FastAPI, token: Optional[str] = None, origins: Sequence[str] = (),
-               served: Optional[Callable[[], dict[str, Any]]] = None) -> FastAPI:
+def secure_app(
+    app: FastAPI,
+    token: Optional[str] = None,
+    origins: Sequence[str] = (),
+    served: Optional[Callable[[], dict[str, Any]]] = None,
+) -> FastAPI:
     """Apply the module doc's rules to MONAI Label's ``app`` (before it has served a request); returns it.
 
     Args:
@@ -148,17 +176,30 @@ def secure_app(app: FastAPI, token: Optional[str] = None, origins: Sequence[str]
 
         def served() -> dict[str, Any]:
             a = app_instance()  # the task tables themselves: info() would describe every task each call
-            return {"models": a._infers, "trainers": a._trainers, "strategies": a._strategies,
-                    "scoring": a._scoring_methods}
+            return {
+                "models": a._infers,
+                "trainers": a._trainers,
+                "strategies": a._strategies,
+                "scoring": a._scoring_methods,
+            }
 
     kept = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     stack = [Middleware(GuardMiddleware, token=token, origins=list(origins), served=served)]
     if origins:  # outermost: answers preflights itself, adds the headers for allowed origins
-        stack.insert(0, Middleware(CORSMiddleware, allow_origins=[o.rstrip("/") for o in origins],
-                                   allow_credentials=False, allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD"],
-                                   allow_headers=["Authorization", "Content-Type"]))
+        stack.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=[o.rstrip("/") for o in origins],
+                allow_credentials=False,
+                allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD"],
+                allow_headers=["Authorization", "Content-Type"],
+            ),
+        )
     app.user_middleware = stack + kept
     _error_handlers(app)
-    logger.info(f"label server: token {'required' if token else 'not required'}; cross-origin access "
-                f"{'for ' + ', '.join(origins) if origins else 'refused (MONAI Label prints *; it is not used)'}")
+    logger.info(
+        f"label server: token {'required' if token else 'not required'}; cross-origin access "
+        f"{'for ' + ', '.join(origins) if origins else 'refused (MONAI Label prints *; it is not used)'}"
+    )
     return app

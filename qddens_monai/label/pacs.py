@@ -46,8 +46,14 @@ __all__ = ["PacsDatastore", "check_series_uid", "read_dicom_seg"]
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_QIDO = {"SeriesInstanceUID": "0020000E", "StudyInstanceUID": "0020000D", "Modality": "00080060",
-         "PatientID": "00100020", "StudyDate": "00080020", "SeriesDescription": "0008103E"}
+_QIDO = {
+    "SeriesInstanceUID": "0020000E",
+    "StudyInstanceUID": "0020000D",
+    "Modality": "00080060",
+    "PatientID": "00100020",
+    "StudyDate": "00080020",
+    "SeriesDescription": "0008103E",
+}
 
 
 def check_series_uid(image_id: Optional[str]) -> str:
@@ -66,8 +72,11 @@ def _value(item: Mapping[str, Any], name: str) -> str:
 def _created(ds: Dataset) -> str:
     """When a SEG was made, as a sortable string: its content date and time (highdicom writes them to
     the microsecond), else its instance creation or series date and time."""
-    for date, clock in (("ContentDate", "ContentTime"), ("InstanceCreationDate", "InstanceCreationTime"),
-                        ("SeriesDate", "SeriesTime")):
+    for date, clock in (
+        ("ContentDate", "ContentTime"),
+        ("InstanceCreationDate", "InstanceCreationTime"),
+        ("SeriesDate", "SeriesTime"),
+    ):
         if ds.get(date):
             return f"{ds.get(date)}{ds.get(clock) or ''}"
     return ""
@@ -84,8 +93,12 @@ def read_dicom_seg(seg: Dataset, source_folder: str) -> np.ndarray:
     segmentation = hd.seg.Segmentation.from_dataset(seg)
     numbers = [int(n) for n in segmentation.segment_numbers]
     frames = segmentation.get_pixels_by_source_instance(
-        source_sop_instance_uids=[str(s.SOPInstanceUID) for s in slices], segment_numbers=numbers,
-        combine_segments=True, relabel=False, skip_overlap_checks=True)  # frames not in the SEG: 0
+        source_sop_instance_uids=[str(s.SOPInstanceUID) for s in slices],
+        segment_numbers=numbers,
+        combine_segments=True,
+        relabel=False,
+        skip_overlap_checks=True,
+    )  # frames not in the SEG: 0
     return np.transpose(np.asarray(frames), (2, 1, 0)).astype(np.uint8)  # (slices, rows, cols) -> (x, y, z)
 
 
@@ -101,8 +114,15 @@ class PacsDatastore(CheckedDatastore):
         list_ttl: seconds a series listing is reused.
     """
 
-    def __init__(self, client: Any, screen: StudyScreen, cache_path: str, classes: Mapping[int, str],
-                 search_filter: Optional[Mapping[str, Any]] = None, list_ttl: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        screen: StudyScreen,
+        cache_path: str,
+        classes: Mapping[int, str],
+        search_filter: Optional[Mapping[str, Any]] = None,
+        list_ttl: float = 10.0,
+    ) -> None:
         self._client = client
         self._classes = {int(k): str(v) for k, v in classes.items()}
         self._filter = dict(search_filter or {})
@@ -123,8 +143,9 @@ class PacsDatastore(CheckedDatastore):
         stamp, series = self._listing
         if time.monotonic() - stamp > self._ttl:
             series = {}
-            for item in self._ask("list the series", self._client.search_for_series,
-                                  search_filters=self._filter or None):
+            for item in self._ask(
+                "list the series", self._client.search_for_series, search_filters=self._filter or None
+            ):
                 uid, study = _value(item, "SeriesInstanceUID"), _value(item, "StudyInstanceUID")
                 if _value(item, "Modality") != "SEG" and _UID.fullmatch(uid) and _UID.fullmatch(study):
                     series[uid] = study
@@ -209,8 +230,9 @@ class PacsDatastore(CheckedDatastore):
                 tmp = Path(tempfile.mkdtemp()) / f"{uid}.nii.gz"
                 try:
                     convert_dicom_series(folder, tmp)
-                    super(CheckedDatastore, self).add_image(uid, str(tmp), {
-                        "SeriesInstanceUID": uid, "StudyInstanceUID": self._series().get(uid, "")})
+                    super(CheckedDatastore, self).add_image(
+                        uid, str(tmp), {"SeriesInstanceUID": uid, "StudyInstanceUID": self._series().get(uid, "")}
+                    )
                 except Exception as e:
                     return self._refuse(uid, f"cannot be converted ({type(e).__name__}: {e})")
                 finally:
@@ -258,8 +280,16 @@ class PacsDatastore(CheckedDatastore):
         out = super().json()
         objects = out.setdefault("objects", {})
         for uid, study in self._series().items():
-            objects.setdefault(uid, {"image": {"ext": "", "info": {"SeriesInstanceUID": uid, "StudyInstanceUID": study,
-                                                                    "cached": False}}, "labels": {}})
+            objects.setdefault(
+                uid,
+                {
+                    "image": {
+                        "ext": "",
+                        "info": {"SeriesInstanceUID": uid, "StudyInstanceUID": study, "cached": False},
+                    },
+                    "labels": {},
+                },
+            )
         return out
 
     # -- writes -----------------------------------------------------------------------------------
@@ -297,8 +327,11 @@ class PacsDatastore(CheckedDatastore):
         shape = tuple(int(n) for n in image.shape[:3])
         voxels = np.fromfile(label_filename, dtype=np.uint8)
         if voxels.size != int(np.prod(shape)):
-            raise RequestRefused(422, f"label for {uid!r} refused: label.bin holds {voxels.size} values, the image "
-                                      f"has {int(np.prod(shape))} voxels {shape}")
+            raise RequestRefused(
+                422,
+                f"label for {uid!r} refused: label.bin holds {voxels.size} values, the image "
+                f"has {int(np.prod(shape))} voxels {shape}",
+            )
         nib.save(nib.Nifti1Image(voxels.reshape(shape, order="F"), image.affine), str(out))
         return str(out)
 
@@ -310,8 +343,13 @@ class PacsDatastore(CheckedDatastore):
         label = np.asarray(nib.load(label_file).dataobj)
         label = label.reshape(label.shape[:3]) if label.ndim > 3 and all(s == 1 for s in label.shape[3:]) else label
         with tempfile.TemporaryDirectory() as tmp:
-            seg_file = write_dicom_seg(label, confined(self._datastore_path, uid), Path(tmp) / "seg.dcm",
-                                       self._classes, algorithm_type="SEMIAUTOMATIC")
+            seg_file = write_dicom_seg(
+                label,
+                confined(self._datastore_path, uid),
+                Path(tmp) / "seg.dcm",
+                self._classes,
+                algorithm_type="SEMIAUTOMATIC",
+            )
             seg = pydicom.dcmread(seg_file)
         self._client.store_instances([seg])
         logger.info(f"DICOM SEG {seg.SeriesInstanceUID} of series {uid} sent in {time.monotonic() - start:.1f} s")
@@ -336,8 +374,9 @@ class PacsDatastore(CheckedDatastore):
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / f"{uid}.nii.gz"
                     nib.save(nib.Nifti1Image(label, image.affine), str(path))
-                    CheckedDatastore.save_label(self, uid, str(path), DefaultLabelTag.FINAL.value,
-                                                {"SegSeriesInstanceUID": seg_uid})
+                    CheckedDatastore.save_label(
+                        self, uid, str(path), DefaultLabelTag.FINAL.value, {"SegSeriesInstanceUID": seg_uid}
+                    )
             except Exception as e:  # one unusable SEG does not stop training on the others
                 message = e.message if isinstance(e, RequestRefused) else f"{type(e).__name__}: {e}"
                 logger.warning(f"label ignored: SEG {seg_uid} of series {uid}: {message}")

@@ -28,8 +28,9 @@ def deepest_encoder_level(roles: list[str]) -> int:
 
 
 @torch.no_grad()
-def member_scores(network: torch.nn.Module, x: torch.Tensor, inferer: Any = None,
-                  level: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def member_scores(
+    network: torch.nn.Module, x: torch.Tensor, inferer: Any = None, level: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """An ensemble's member probabilities and descriptor of one preprocessed image, in one pass.
 
     Args:
@@ -105,8 +106,9 @@ class EnsembleScorer:
         kind: per-voxel disagreement, ``"variance"`` or ``"entropy"``.
     """
 
-    def __init__(self, bundle: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
-                 kind: str = "variance") -> None:
+    def __init__(
+        self, bundle: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu", kind: str = "variance"
+    ) -> None:
         self.bundle = Path(bundle)
         self.model_path = self.bundle / "models" / "model.pt"
         self.device = torch.device(device)

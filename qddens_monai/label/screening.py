@@ -38,8 +38,10 @@ def problems_text(error: DataValidationError, names: Optional[dict[str, str]] = 
             text = text.replace(path, name)
         return text
 
-    return "; ".join(f"{names.get(str(where)) or os.path.basename(str(where).rstrip('/'))}: {shown(what)}"
-                     for where, what in error.problems)
+    return "; ".join(
+        f"{names.get(str(where)) or os.path.basename(str(where).rstrip('/'))}: {shown(what)}"
+        for where, what in error.problems
+    )
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -66,8 +68,14 @@ class StudyScreen:
 
     def _check(self, item: dict, names: Optional[dict[str, str]] = None, **kwargs: Any) -> Optional[str]:
         try:
-            check_datalist([item], spatial_dims=self.spatial_dims, in_channels=self.in_channels,
-                           num_classes=self.num_classes, affine_tolerance=self.affine_tolerance, **kwargs)
+            check_datalist(
+                [item],
+                spatial_dims=self.spatial_dims,
+                in_channels=self.in_channels,
+                num_classes=self.num_classes,
+                affine_tolerance=self.affine_tolerance,
+                **kwargs,
+            )
         except DataValidationError as e:
             return problems_text(e, names)
         return None

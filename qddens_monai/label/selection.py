@@ -127,8 +127,11 @@ def suggest(
     picked: list[int] = []
     for _ in range(min(k, len(short))):
         # Marginal gain of each remaining candidate; ties go to the more uncertain (earlier in `short`).
-        gains = [(float(torch.maximum(cover, sim[i]).sum() - cover.sum()), -pos, i)
-                 for pos, i in enumerate(short) if i not in picked]
+        gains = [
+            (float(torch.maximum(cover, sim[i]).sum() - cover.sum()), -pos, i)
+            for pos, i in enumerate(short)
+            if i not in picked
+        ]
         _, _, best = max(gains)
         picked.append(best)
         cover = torch.maximum(cover, sim[best])

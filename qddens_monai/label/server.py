@@ -138,8 +138,20 @@ def start_label_server(
         pairs.append(("sam2", "false"))
     os.environ[TOKEN_ENV] = token or ""
     os.environ[ORIGINS_ENV] = ",".join(cors_origins)
-    argv = ["monailabel", "start_server", "--app", str(app), "--studies", str(studies),
-            "--host", host, "--port", str(port), "--uvicorn_app", ASGI_APP]
+    argv = [
+        "monailabel",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--uvicorn_app",
+        ASGI_APP,
+    ]
     for key, value in pairs:
         argv += ["--conf", key, value]
     if dryrun:
@@ -151,8 +163,10 @@ def start_label_server(
 def check_separate(app_dir: Path, studies: Path) -> None:
     """Refuse an app folder inside the studies folder or the other way round (ValueError)."""
     if app_dir == studies or studies in app_dir.parents or app_dir in studies.parents:
-        raise ValueError(f"the app folder {app_dir} and the studies folder {studies} overlap: the datastore "
-                         "writes into the studies folder, so keep the served bundle outside it")
+        raise ValueError(
+            f"the app folder {app_dir} and the studies folder {studies} overlap: the datastore "
+            "writes into the studies folder, so keep the served bundle outside it"
+        )
 
 
 def warn_exposed(host: str, token: Optional[str]) -> None:
@@ -163,9 +177,11 @@ def warn_exposed(host: str, token: Optional[str]) -> None:
         loopback = False
     if not loopback and not token:
         banner = "!" * 78
-        message = (f"\n{banner}\nWARNING: the label server listens on {host} WITHOUT a token: anyone who can "
-                   f"reach this machine can read the studies, save labels and start training.\nUse "
-                   f"--auth-token (or {TOKEN_ENV}) or --host 127.0.0.1.\n{banner}\n")
+        message = (
+            f"\n{banner}\nWARNING: the label server listens on {host} WITHOUT a token: anyone who can "
+            f"reach this machine can read the studies, save labels and start training.\nUse "
+            f"--auth-token (or {TOKEN_ENV}) or --host 127.0.0.1.\n{banner}\n"
+        )
         logger.warning(message)
         print(message, file=sys.stderr, flush=True)
 
@@ -256,8 +272,21 @@ class LabelServerProcess(LoggedProcess):
         self.app_dir = Path(app_dir)
         self.log_path = Path(log) if log else self.app_dir.parent / "label-server.log"
         self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "qddens_monai", "label-server", "--studies", str(studies),
-               "--app-dir", str(app_dir), "--host", "127.0.0.1", "--port", str(self.port), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "qddens_monai",
+            "label-server",
+            "--studies",
+            str(studies),
+            "--app-dir",
+            str(app_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **dict(env or {})}
         if token:
             full_env[TOKEN_ENV] = token
@@ -269,7 +298,9 @@ class LabelServerProcess(LoggedProcess):
                 self._log.close()
                 raise RuntimeError(f"label server exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(urllib.request.Request(f"{self.url}/info/", headers=headers), timeout=5) as r:
+                with urllib.request.urlopen(
+                    urllib.request.Request(f"{self.url}/info/", headers=headers), timeout=5
+                ) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -278,4 +309,3 @@ class LabelServerProcess(LoggedProcess):
                 self.stop()
                 raise TimeoutError(f"label server did not answer within {timeout} s:\n{self.tail()}")
             time.sleep(1)
-

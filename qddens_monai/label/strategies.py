@@ -70,8 +70,12 @@ class EnsembleScoring(ScoringMethod):
     def _stored(self, datastore: Datastore, image: str) -> Optional[dict]:
         """The stored scores of ``image`` with its descriptor, or ``None`` if either is missing."""
         info = datastore.get_image_info(image).get(SCORE_KEY)
-        ok = (isinstance(info, dict) and info.get("kind") == self.kind and isinstance(info.get("uncertainty"), float)
-              and math.isfinite(info["uncertainty"]))
+        ok = (
+            isinstance(info, dict)
+            and info.get("kind") == self.kind
+            and isinstance(info.get("uncertainty"), float)
+            and math.isfinite(info["uncertainty"])
+        )
         descriptor = self.descriptors.get(image, str(info.get("model")), self.kind) if ok else None
         return {**info, "descriptor": descriptor} if descriptor else None
 
@@ -86,8 +90,11 @@ class EnsembleScoring(ScoringMethod):
             info = self._stored(datastore, image)
             if not info or info.get("model") != stamp:
                 try:
-                    info = {**self._score_one(datastore.get_image_uri(image), stamp, device), "model": stamp,
-                            "kind": self.kind}
+                    info = {
+                        **self._score_one(datastore.get_image_uri(image), stamp, device),
+                        "model": stamp,
+                        "kind": self.kind,
+                    }
                 except Exception as e:  # one study the model cannot run on must not take down the pool
                     logger.warning(f"{SCORE_KEY}: {image} skipped, scoring failed: {type(e).__name__}: {e}")
                     continue
@@ -111,8 +118,9 @@ class EnsembleScoring(ScoringMethod):
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._thread = threading.Thread(target=self._run, args=(datastore, device), name="qdd-ens-scoring",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(datastore, device), name="qdd-ens-scoring", daemon=True
+            )
             self._thread.start()
 
     def _run(self, datastore: Datastore, device: str) -> None:
@@ -148,12 +156,19 @@ class EnsembleScoring(ScoringMethod):
         return {"scored": len(scores), "skipped": len(images) - len(scores)}
 
 
-def _reply(picked: list[str], scores: dict[str, dict], config: SuggestiveConfig, scoring: EnsembleScoring,
-           **extra: Any) -> dict[str, Any]:
+def _reply(
+    picked: list[str], scores: dict[str, dict], config: SuggestiveConfig, scoring: EnsembleScoring, **extra: Any
+) -> dict[str, Any]:
     """The strategy's answer: the first pick as ``id``, all of them as ``batch`` (no descriptors)."""
-    return {"id": picked[0], "uncertainty": scores[picked[0]]["uncertainty"], "batch": picked,
-            "batch_uncertainty": [scores[i]["uncertainty"] for i in picked], **extra,
-            "config": config.as_dict(), "scoring": dict(scoring.progress)}
+    return {
+        "id": picked[0],
+        "uncertainty": scores[picked[0]]["uncertainty"],
+        "batch": picked,
+        "batch_uncertainty": [scores[i]["uncertainty"] for i in picked],
+        **extra,
+        "config": config.as_dict(),
+        "scoring": dict(scoring.progress),
+    }
 
 
 class UncertaintyStrategy(Strategy):
@@ -169,12 +184,13 @@ class UncertaintyStrategy(Strategy):
         self.config = config or SuggestiveConfig(disagreement=scoring.kind)
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "config": {"batch_size": self.config.batch_size,
-                                             "disagreement": self.config.disagreement}}
+        return {
+            **super().info(),
+            "config": {"batch_size": self.config.batch_size, "disagreement": self.config.disagreement},
+        }
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> Optional[dict[str, Any]]:
-        config = replace(self.config.with_request({"batch_size": request.get("batch_size")}),
-                         representativeness=False)
+        config = replace(self.config.with_request({"batch_size": request.get("batch_size")}), representativeness=False)
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         scores = self.scoring.scores_for(datastore, images, request)
         if not scores:
@@ -218,6 +234,7 @@ class SuggestiveStrategy(Strategy):
         if config.representativeness and config.cover_labeled:
             labeled = self.scoring.scores_for(datastore, datastore.get_labeled_images(), request)
             covered = torch.tensor([v["descriptor"] for v in labeled.values()]) if labeled else None
-        picked = [images[i] for i in select_batch([scores[i]["uncertainty"] for i in images], descriptors, config,
-                                                  covered)]
+        picked = [
+            images[i] for i in select_batch([scores[i]["uncertainty"] for i in images], descriptors, config, covered)
+        ]
         return _reply(picked, scores, config, self.scoring, top_n=max(config.top_n, config.batch_size))

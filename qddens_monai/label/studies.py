@@ -27,8 +27,9 @@ def _loader() -> LoadImage:
     return LoadImage(image_only=True, ensure_channel_first=False)
 
 
-def convert_dicom_series(folder: Union[str, os.PathLike], out: Union[str, os.PathLike],
-                         loader: Optional[LoadImage] = None) -> Path:
+def convert_dicom_series(
+    folder: Union[str, os.PathLike], out: Union[str, os.PathLike], loader: Optional[LoadImage] = None
+) -> Path:
     """Write the DICOM series in ``folder`` as the NIfTI file ``out`` (with its affine), atomically:
     written to a hidden name beside ``out``, then moved. The caller checks the series first."""
     folder, out = Path(folder), Path(out)

@@ -71,7 +71,12 @@ def check_train_request(request: dict[str, Any], default_epochs: int, weights: l
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100000:
                 raise TrainingRefused(f"max_epochs must be an integer from 1, got {value!r}")
         elif key == "val_split":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1 or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value < 1
+                or not math.isfinite(value)
+            ):
                 raise TrainingRefused(f"val_split must be a number in [0, 1), got {value!r}")
         elif key in _BOOLS:
             if not isinstance(value, bool):
@@ -88,8 +93,10 @@ def check_train_request(request: dict[str, Any], default_epochs: int, weights: l
             if not isinstance(value, (str, int)) or (isinstance(value, str) and value[:1] in "$@%"):
                 raise TrainingRefused(f"{key} {value!r} is not allowed")
         else:
-            raise TrainingRefused(f"unknown train option {key!r} (known: max_epochs, val_split, pretrained, "
-                                  "multi_gpu, gpus, device, model_filename)")
+            raise TrainingRefused(
+                f"unknown train option {key!r} (known: max_epochs, val_split, pretrained, "
+                "multi_gpu, gpus, device, model_filename)"
+            )
         out[key] = value
     out.setdefault("max_epochs", default_epochs)
     out["tracking"] = "None"
@@ -146,14 +153,20 @@ class CheckedTrainTask(BundleTrainTask):
         try:
             check_datalist(items, **self.data_args)
         except DataValidationError as e:
-            raise TrainingRefused(f"training refused, model.pt unchanged: the labeled data fails the bundle's "
-                                  f"checks: {problems_text(e)}") from None
+            raise TrainingRefused(
+                f"training refused, model.pt unchanged: the labeled data fails the bundle's "
+                f"checks: {problems_text(e)}"
+            ) from None
         assert self._staging is not None
         overrides["ckpt_dir"] = str(self._staging)
         evaluator = "@validate#evaluator" if self.bundle_config.get("validate#evaluator") is not None else None
-        overrides["train#handlers"] = list(overrides.get("train#handlers") or []) + [{
-            "_target_": f"{__name__}.TrainStatsWriter", "path": str(self._staging / "train_stats.json"),
-            "evaluator": evaluator}]
+        overrides["train#handlers"] = list(overrides.get("train#handlers") or []) + [
+            {
+                "_target_": f"{__name__}.TrainStatsWriter",
+                "path": str(self._staging / "train_stats.json"),
+                "evaluator": evaluator,
+            }
+        ]
         return overrides
 
     def stats(self) -> dict[str, Any]:

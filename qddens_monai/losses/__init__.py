@@ -3,9 +3,5 @@ from qddens_monai._lazy import lazy_exports
 # Imported on first use (qddens_monai._lazy): importing one component does not import the others.
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
-    {
-        ".distillation": ["EnsembleDistillationLoss"],
-        ".diversity": ["DeepDiversityLoss"],
-        ".ensemble": ["EnsembleLoss"],
-    },
+    {".distillation": ["EnsembleDistillationLoss"], ".diversity": ["DeepDiversityLoss"], ".ensemble": ["EnsembleLoss"]},
 )

@@ -137,10 +137,7 @@ class EnsembleDistillationLoss(LossWithParts):
         return self.temperature**2 * kl.mean()
 
     def forward(  # type: ignore[override]
-        self,
-        pred: torch.Tensor | Mapping[str, torch.Tensor],
-        target: torch.Tensor,
-        teacher: torch.Tensor | None = None,
+        self, pred: torch.Tensor | Mapping[str, torch.Tensor], target: torch.Tensor, teacher: torch.Tensor | None = None
     ) -> torch.Tensor:
         """
         Args:

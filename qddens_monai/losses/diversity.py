@@ -272,10 +272,7 @@ class DeepDiversityLoss(_Loss):
         return (spread / (energy + self.eps)).mean()
 
     def per_level(
-        self,
-        features: FeatureInput,
-        roles: Sequence[str] | None = None,
-        levels: Sequence[int] | None = None,
+        self, features: FeatureInput, roles: Sequence[str] | None = None, levels: Sequence[int] | None = None
     ) -> dict[int, torch.Tensor]:
         """
         Diversity of each level, before ``level_reduction``.

@@ -17,7 +17,6 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.blocks import ADN, Convolution, UpSample
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer

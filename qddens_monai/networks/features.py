@@ -50,7 +50,6 @@ from typing import Any, NamedTuple, Tuple, Union
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks.activation_checkpointing import ActivationCheckpointWrapper
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, SegResNet, UNet

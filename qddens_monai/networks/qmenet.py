@@ -214,8 +214,13 @@ class QMENet(nn.Module):
         if name not in BACKBONES:
             raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or pass `learners`.")
         cls, dropout_arg = BACKBONES[name]
-        return cls(spatial_dims=spatial_dims, in_channels=in_ch, out_channels=out_ch, **{dropout_arg: dropout},
-                   **dict(kwargs or {}))
+        return cls(
+            spatial_dims=spatial_dims,
+            in_channels=in_ch,
+            out_channels=out_ch,
+            **{dropout_arg: dropout},
+            **dict(kwargs or {}),
+        )
 
     @staticmethod
     def _match_levels(

@@ -73,7 +73,9 @@ class QuantizationReport:
 
     def __str__(self) -> str:
         width = max([len("tensor")] + [len(t.name) for t in self.tensors])
-        head = f"{'tensor':<{width}}  {'method':<12} {'bits':>4} {'levels':>6} {'frozen':>7} {'quant.':>7} {'params':>9}"
+        head = (
+            f"{'tensor':<{width}}  {'method':<12} {'bits':>4} {'levels':>6} {'frozen':>7} {'quant.':>7} {'params':>9}"
+        )
         lines = [head, "-" * len(head)]
         for t in self.tensors:
             lines.append(
@@ -128,7 +130,10 @@ def write_quantization_report(net: nn.Module, output_dir: Union[str, os.PathLike
     report = quantization_report(net)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = (("quantization_report.txt", str(report) + "\n"), ("quantization_report.json", json.dumps(report.to_dict(), indent=2)))
+    files = (
+        ("quantization_report.txt", str(report) + "\n"),
+        ("quantization_report.json", json.dumps(report.to_dict(), indent=2)),
+    )
     for name, text in files:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
