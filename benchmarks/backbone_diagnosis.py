@@ -60,8 +60,12 @@ def load(data: str, root: Path, quick: bool) -> tuple[list[dict], list[dict]]:
             else:
                 image, label = create_mr_slice_2d((128, 144), 2, 0.6, random_state=seed)
                 image = ((image - image[image > 0].mean()) / image[image > 0].std())[None]
-            cases.append({"image": torch.as_tensor(image, dtype=torch.float32),
-                          "label": torch.as_tensor(label[None] > 0, dtype=torch.float32)})  # fmt: skip
+            cases.append(
+                {
+                    "image": torch.as_tensor(image, dtype=torch.float32),
+                    "label": torch.as_tensor(label[None] > 0, dtype=torch.float32),
+                }
+            )
         out.append(cases)
     return out[0], out[1]
 
@@ -116,10 +120,22 @@ def run(data: str, name: str, seed: int, epochs: int, train: list[dict], test: l
                     segmentation_metrics(prob, label_one_hot(c["label"], 2, "softmax"), metrics=("dice",))["dice"]
                 )
                 fg_prob.append(float(prob[1][c["label"][0] > 0].mean()))
-        curve.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "dice": float(np.nanmean(dice)),
-                      "fg_prob": float(np.mean(fg_prob))})  # fmt: skip
-    return {"data": data, "run": name, "seed": seed, "curve": curve, "cpu_s": time.process_time() - t0,
-            "params": int(sum(p.numel() for p in net.parameters()))}  # fmt: skip
+        curve.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "dice": float(np.nanmean(dice)),
+                "fg_prob": float(np.mean(fg_prob)),
+            }
+        )
+    return {
+        "data": data,
+        "run": name,
+        "seed": seed,
+        "curve": curve,
+        "cpu_s": time.process_time() - t0,
+        "params": int(sum(p.numel() for p in net.parameters())),
+    }
 
 
 def report(results: list[dict], docs: Path) -> Path:
@@ -150,8 +166,10 @@ def report(results: list[dict], docs: Path) -> Path:
             reach_s = (
                 "never" if all(r is None for r in reach) else ", ".join("–" if r is None else str(r) for r in reach)
             )
-            lines.append(f"| {data} | {name} | {dice[:, -1].mean():.3f} ± {dice[:, -1].std(ddof=1) if len(rs) > 1 else 0:.3f} | "
-                         f"{prob[:, -1].mean():.2f} | {reach_s} | {np.mean([r['cpu_s'] for r in rs]):.0f} |")  # fmt: skip
+            lines.append(
+                f"| {data} | {name} | {dice[:, -1].mean():.3f} ± {dice[:, -1].std(ddof=1) if len(rs) > 1 else 0:.3f} | "
+                f"{prob[:, -1].mean():.2f} | {reach_s} | {np.mean([r['cpu_s'] for r in rs]):.0f} |"
+            )
     axes[0][0].legend()
     fig.tight_layout()
     (docs / "images").mkdir(parents=True, exist_ok=True)

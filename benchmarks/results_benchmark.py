@@ -212,16 +212,26 @@ def make_unet(dims: int):
     from monai.networks.nets import UNet
 
     c = COMMON["unet"]
-    return UNet(dims, 3 if dims == 2 else 1, 2, channels=c["channels"], strides=c["strides"],
-                num_res_units=c["num_res_units"])  # fmt: skip
+    return UNet(
+        dims, 3 if dims == 2 else 1, 2, channels=c["channels"], strides=c["strides"], num_res_units=c["num_res_units"]
+    )
 
 
 def make_qmenet(dims: int, quantization: str, portions: list[float], probe: int, backbone: str = "unet"):
     from qddens_monai.networks import QMENet
 
-    return QMENet(spatial_dims=dims, in_channels=3 if dims == 2 else 1, out_channels=2,
-                  num_learners=COMMON["num_learners"], backbone=backbone, backbone_kwargs=dict(COMMON[backbone]),
-                  quantization=quantization, portions=portions, output="mean", probe_size=probe)  # fmt: skip
+    return QMENet(
+        spatial_dims=dims,
+        in_channels=3 if dims == 2 else 1,
+        out_channels=2,
+        num_learners=COMMON["num_learners"],
+        backbone=backbone,
+        backbone_kwargs=dict(COMMON[backbone]),
+        quantization=quantization,
+        portions=portions,
+        output="mean",
+        probe_size=probe,
+    )
 
 
 def seg_loss():
@@ -246,15 +256,28 @@ def train(network, loss, loader, cfg: dict[str, Any], quantized: bool) -> float:
     steps = len(cfg["portions"])
     epochs = cfg["fp_epochs"] + steps * cfg["epochs_per_step"]
     if quantized:  # the quantization steps come with the lr halvings
-        handler = IncrementalQuantizationHandler(network, cfg["fp_epochs"], cfg["epochs_per_step"], optimizer=opt,
-                                                 reset_lr=True, lr_decay=COMMON["lr_decay_per_step"])  # fmt: skip
+        handler = IncrementalQuantizationHandler(
+            network,
+            cfg["fp_epochs"],
+            cfg["epochs_per_step"],
+            optimizer=opt,
+            reset_lr=True,
+            lr_decay=COMMON["lr_decay_per_step"],
+        )
     else:  # float variants: the lr halvings at the same epochs
         milestones = [cfg["fp_epochs"] + i * cfg["epochs_per_step"] for i in range(steps)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=COMMON["lr_decay_per_step"])
         handler = LrScheduleHandler(sched, print_lr=False)
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=loader,
-                                network=network, optimizer=opt, loss_function=loss, decollate=False,
-                                train_handlers=[handler])  # fmt: skip
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=opt,
+        loss_function=loss,
+        decollate=False,
+        train_handlers=[handler],
+    )
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
@@ -392,8 +415,15 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
         net_q = make_qmenet(dims, "qme_net", cfg["portions"], cfg["size"], backbone="cenet")
         loss = EnsembleLoss(seg_loss=seg_loss(), alpha=COMMON["alpha_faithful"], diversity=DeepDiversityLoss())
         seconds = train(net_q, loss, loader(seed), cfg, quantized=True)
-        record("qmenet_cenet", net_q, True, seconds, qme_predictor(net_q), parameter_count(net_q, True),
-               stored_bytes(net_q, True))  # fmt: skip
+        record(
+            "qmenet_cenet",
+            net_q,
+            True,
+            seconds,
+            qme_predictor(net_q),
+            parameter_count(net_q, True),
+            stored_bytes(net_q, True),
+        )
 
     if existing is not None:  # add the new variants to the finished job
         results.update(existing["variants"])
@@ -404,8 +434,12 @@ def run_job(dims: int, seed: int, setting: str, out_dir: str) -> dict[str, Any]:
     job = {"dims": dims, "seed": seed, "seconds": seconds_total, "variants": results}
     job_file.parent.mkdir(parents=True, exist_ok=True)
     tmp_npz = overlay_file.with_name(overlay_file.stem + ".tmp.npz")
-    np.savez_compressed(tmp_npz, image=_overlay_image(test_cases[0], dims), label=_overlay_label(test_cases[0], dims),
-                        **{k: v.astype(np.float16) for k, v in overlays.items()})  # fmt: skip
+    np.savez_compressed(
+        tmp_npz,
+        image=_overlay_image(test_cases[0], dims),
+        label=_overlay_label(test_cases[0], dims),
+        **{k: v.astype(np.float16) for k, v in overlays.items()},
+    )
     os.replace(tmp_npz, overlay_file)
     tmp = job_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(job, indent=1))
@@ -452,9 +486,16 @@ def core_variants(seed: int, cfg: dict, dims: int, loader: Callable, record: Cal
         probs = [softmax(m(x))[0] for m in members]
         return mean_ensemble(probs), torch.stack(probs), None
 
-    record("uniform_ensemble", members[0], False, sum(member_s), uniform,
-           sum(parameter_count(m, False) for m in members), sum(stored_bytes(m, False) for m in members),
-           infer=lambda x: mean_ensemble([softmax(m(x)) for m in members]))  # fmt: skip
+    record(
+        "uniform_ensemble",
+        members[0],
+        False,
+        sum(member_s),
+        uniform,
+        sum(parameter_count(m, False) for m in members),
+        sum(stored_bytes(m, False) for m in members),
+        infer=lambda x: mean_ensemble([softmax(m(x)) for m in members]),
+    )
 
     # 3-5: QME-Net with UNet learners.
     qme_specs = [
@@ -486,17 +527,29 @@ def core_variants(seed: int, cfg: dict, dims: int, loader: Callable, record: Cal
     set_determinism(seed)
     student = make_unet(dims)
     distill = DistillationNetwork(student, teacher)
-    kd = EnsembleDistillationLoss(seg_loss=seg_loss(), alpha=COMMON["distill_alpha"],
-                                  temperature=COMMON["temperature"], teacher_is_probability=True)  # fmt: skip
+    kd = EnsembleDistillationLoss(
+        seg_loss=seg_loss(),
+        alpha=COMMON["distill_alpha"],
+        temperature=COMMON["temperature"],
+        teacher_is_probability=True,
+    )
     seconds = train(distill, kd, loader(seed), cfg, quantized=False)
-    record("student", student, False, seconds, single(student), parameter_count(student, False),
-           stored_bytes(student, False))  # fmt: skip
+    record(
+        "student",
+        student,
+        False,
+        seconds,
+        single(student),
+        parameter_count(student, False),
+        stored_bytes(student, False),
+    )
 
     # 7: the baseline UNet quantized at 5 bits with the same incremental schedule and epochs.
     set_determinism(seed)
     net7 = make_unet(dims)
-    quantize_network(net7, method="log_minmax", bits=COMMON["unet_bits"], partition="two_stage",
-                     portions=cfg["portions"], seed=seed)  # fmt: skip
+    quantize_network(
+        net7, method="log_minmax", bits=COMMON["unet_bits"], partition="two_stage", portions=cfg["portions"], seed=seed
+    )
     seconds = train(net7, seg_loss(), loader(seed), cfg, quantized=True)
     record("unet_5bit", net7, True, seconds, single(net7), parameter_count(net7, True), stored_bytes(net7, True))
 
@@ -541,8 +594,12 @@ def summarize(jobs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
                 vals = [j["variants"][name].get(metric) for j in jobs if j["dims"] == dims and name in j["variants"]]
                 vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
                 if vals:
-                    per[metric] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1
-                                   else float("nan"), "n": len(vals), "values": vals}  # fmt: skip
+                    per[metric] = {
+                        "mean": float(np.mean(vals)),
+                        "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"),
+                        "n": len(vals),
+                        "values": vals,
+                    }
     return out
 
 
@@ -550,9 +607,15 @@ def machine() -> dict[str, Any]:
     import monai
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "monai": monai.__version__,
-            "torch_threads_per_worker": 1, "python": platform.python_version()}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "torch_threads_per_worker": 1,
+        "python": platform.python_version(),
+    }
 
 
 def write_results(out: Path, setting: str, jobs: list[dict], workers: int, wall: float, complete: bool) -> Path:
@@ -583,8 +646,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default="runs/results", help="output folder (default runs/results, gitignored)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, 1 torch thread each")
     parser.add_argument("--dims", default="2,3", help="data sets to run: 2, 3 or 2,3")
-    parser.add_argument("--docs", default=None, help="also write docs/results.md, figures and the README section "
-                        "into this repository root (see results_doc.py)")  # fmt: skip
+    parser.add_argument(
+        "--docs",
+        default=None,
+        help=(
+            "also write docs/results.md, figures and the README section into this repository root "
+            "(see results_doc.py)"
+        ),
+    )
     args = parser.parse_args(argv)
     setting = "quick" if args.quick else "full"
     out = Path(args.out).resolve()

@@ -132,10 +132,13 @@ def tables(payload: dict) -> str:
     labels = payload["variants"]
     for ds, per in payload["summary"].items():
         ref = per.get("unet", {}).get("stored_bytes", {}).get("mean")
-        lines += [f"**{DATASET_TITLES.get(ds, ds)}** ({_nseeds(per)} seeds)", "",
-                  "| variant | Dice | HD95 (px) | AUC | disagreement | meta alone | train (s) | infer (ms/img) "
-                  "| params | stored (kB) | size vs UNet |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"**{DATASET_TITLES.get(ds, ds)}** ({_nseeds(per)} seeds)",
+            "",
+            "| variant | Dice | HD95 (px) | AUC | disagreement | meta alone | train (s) | infer (ms/img) "
+            "| params | stored (kB) | size vs UNet |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, stats in per.items():
             if not stats:
                 continue
@@ -156,8 +159,10 @@ def _nseeds(per: dict) -> int:
 
 
 def claims(payload: dict) -> str:
-    lines = ["| claim | " + " | ".join(f"{ds}: Δ (paired, mean ± sd) | holds?" for ds in payload["summary"]) + " |",
-             "|---|" + "---|---|" * len(payload["summary"])]  # fmt: skip
+    lines = [
+        "| claim | " + " | ".join(f"{ds}: Δ (paired, mean ± sd) | holds?" for ds in payload["summary"]) + " |",
+        "|---|" + "---|---|" * len(payload["summary"]),
+    ]
     for text, a, b, kind in CLAIMS:
         cells = []
         for ds in payload["summary"]:
@@ -182,8 +187,9 @@ def plot_metrics(payload: dict, path: Path) -> None:
 
     metrics = [("dice", "Dice ↑"), ("hd95", "HD95 (px) ↓"), ("auc", "AUC ↑"), ("disagreement", "disagreement")]
     datasets = list(payload["summary"])
-    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(datasets)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(datasets), len(metrics), figsize=(3.2 * len(metrics), 3.0 * len(datasets)), squeeze=False
+    )
     names = list(payload["variants"])
     colors = plt.cm.tab10(np.arange(len(names)) % 10)
     for r, ds in enumerate(datasets):
@@ -219,9 +225,15 @@ def plot_size(payload: dict, path: Path) -> None:
         for i, n in enumerate(names):
             if "dice" not in per.get(n, {}):
                 continue
-            ax.errorbar(per[n]["stored_bytes"]["mean"] / 1024, per[n]["dice"]["mean"],
-                        yerr=np.nan_to_num(per[n]["dice"]["sd"]), fmt="o", color=colors[i], capsize=3,
-                        label=payload["variants"][n])  # fmt: skip
+            ax.errorbar(
+                per[n]["stored_bytes"]["mean"] / 1024,
+                per[n]["dice"]["mean"],
+                yerr=np.nan_to_num(per[n]["dice"]["sd"]),
+                fmt="o",
+                color=colors[i],
+                capsize=3,
+                label=payload["variants"][n],
+            )
         ax.set_xscale("log")
         ax.set_xlabel("stored size (kB, log)", fontsize=8)
         ax.set_ylabel("Dice", fontsize=8)
@@ -250,8 +262,9 @@ def plot_overlay(payload: dict, runs_dir: Path, path: Path) -> bool:
             panels.append((ds, np.load(f)))
     if not panels:
         return False
-    fig, axes = plt.subplots(len(panels), len(names) + 2, figsize=(1.6 * (len(names) + 2), 1.8 * len(panels)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(panels), len(names) + 2, figsize=(1.6 * (len(names) + 2), 1.8 * len(panels)), squeeze=False
+    )
     for r, (ds, data) in enumerate(panels):
         img = data["image"].astype(np.float32)
         img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
@@ -288,10 +301,12 @@ def _machine_line(payload: dict) -> str:
     m = payload["machine"]
     status = "" if payload.get("complete") else " **(incomplete run: only the finished jobs are shown)**"
     job_minutes = sum(r.get("seconds", 0.0) for r in payload["runs"]) / 60
-    return (f"{m['cpu_count']} CPU cores shared with other jobs ({m['processor']}), {payload['workers']} worker "
-            f"processes x 1 torch thread, torch {m['torch']}, MONAI {m['monai']}; {job_minutes:.0f} min of job time "
-            f"in {payload['workers']} parallel workers (a job: all variants of one data set and seed; the last "
-            f"invocation's wall-clock {payload['wall_seconds'] / 60:.0f} min){status}")  # fmt: skip
+    return (
+        f"{m['cpu_count']} CPU cores shared with other jobs ({m['processor']}), {payload['workers']} worker "
+        f"processes x 1 torch thread, torch {m['torch']}, MONAI {m['monai']}; {job_minutes:.0f} min of job time "
+        f"in {payload['workers']} parallel workers (a job: all variants of one data set and seed; the last "
+        f"invocation's wall-clock {payload['wall_seconds'] / 60:.0f} min){status}"
+    )
 
 
 def _setup(payload: dict) -> str:
@@ -303,18 +318,22 @@ def _setup(payload: dict) -> str:
         d = s[ds]
         epochs = d["fp_epochs"] + len(d["portions"]) * d["epochs_per_step"]
         kind = "fundus-like vessel images" if ds == "2d" else "synthetic sphere volumes"
-        lines.append(f"- {ds.upper()}: {d['num_train']} training / {d['num_test']} test {kind} of {d['size']} px, "
-                     f"difficulty {d['difficulty']}; batch {d['batch_size']}, {epochs} epochs "
-                     f"({d['fp_epochs']} float, then {len(d['portions'])} quantization steps of "
-                     f"{d['epochs_per_step']} epochs, portions {d['portions']}).")  # fmt: skip
+        lines.append(
+            f"- {ds.upper()}: {d['num_train']} training / {d['num_test']} test {kind} of {d['size']} px, "
+            f"difficulty {d['difficulty']}; batch {d['batch_size']}, {epochs} epochs "
+            f"({d['fp_epochs']} float, then {len(d['portions'])} quantization steps of "
+            f"{d['epochs_per_step']} epochs, portions {d['portions']})."
+        )
     u = c["unet"]
     cenet = c.get("cenet", {})
-    lines.append(f"- Every network, and every QME-Net learner of variants 3-5, is MONAI's `UNet` with channels "
-                 f"{u['channels']}, strides {u['strides']}, {u['num_res_units']} residual unit (variant 8: the bundle's "
-                 f"CE-Net, channels {cenet.get('channels')}, layers {cenet.get('layers')}); K = {c['num_learners']} "
-                 "learners. "
-                 f"Adam lr {c['learning_rate']} for all, halved ({c['lr_decay_per_step']}) at the same epochs for "
-                 "all; seeds " + ", ".join(str(x) for x in s["seeds"]) + "; final weights evaluated.")  # fmt: skip
+    lines.append(
+        f"- Every network, and every QME-Net learner of variants 3-5, is MONAI's `UNet` with channels "
+        f"{u['channels']}, strides {u['strides']}, {u['num_res_units']} residual unit (variant 8: the bundle's "
+        f"CE-Net, channels {cenet.get('channels')}, layers {cenet.get('layers')}); K = {c['num_learners']} "
+        "learners. "
+        f"Adam lr {c['learning_rate']} for all, halved ({c['lr_decay_per_step']}) at the same epochs for "
+        "all; seeds " + ", ".join(str(x) for x in s["seeds"]) + "; final weights evaluated."
+    )
     lines.append(
         f"- Diversity: faithful alpha {c['alpha_faithful']} (public code), bounded cosine form alpha "
         f"{c['alpha_bounded']} (not tuned); distillation a = {c['distill_alpha']}, T = {c['temperature']}; "
@@ -354,24 +373,32 @@ seeds; "yes" only when the difference is beyond one sd.
 def readme_section(payload: dict, summary_text: str = "") -> str:
     """The README's Results section: the command, the machine, the tables, the claims and the figures."""
     body = report_markdown(payload, "docs/images/", title_level="##")
-    body = body.replace("## Results: QME-Net against plain MONAI baselines",
-                        "## Results: QME-Net against plain MONAI baselines\n\n" + summary_text if summary_text
-                        else "## Results: QME-Net against plain MONAI baselines")  # fmt: skip
+    body = body.replace(
+        "## Results: QME-Net against plain MONAI baselines",
+        (
+            "## Results: QME-Net against plain MONAI baselines\n\n" + summary_text
+            if summary_text
+            else "## Results: QME-Net against plain MONAI baselines"
+        ),
+    )
     body += "\nFull report with the per-seed values: [docs/results.md](docs/results.md).\n"
     return f"{START}\n{body}{END}"
 
 
 def per_seed(payload: dict) -> str:
-    lines = ["| data | seed | " + " | ".join(n.split("_")[0] if False else n for n in payload["variants"]) + " |",
-             "|---|---|" + "---|" * len(payload["variants"])]  # fmt: skip
+    lines = [
+        "| data | seed | " + " | ".join(n.split("_")[0] if False else n for n in payload["variants"]) + " |",
+        "|---|---|" + "---|" * len(payload["variants"]),
+    ]
     for run in payload["runs"]:
         cells = [f"{run['variants'][n]['dice']:.3f}" if n in run["variants"] else "–" for n in payload["variants"]]
         lines.append(f"| {run['dims']}d | {run['seed']} | " + " | ".join(cells) + " |")
     return "Dice per seed:\n\n" + "\n".join(lines) + "\n"
 
 
-def write_report(json_path: os.PathLike, out_dir: os.PathLike, repo_root: Optional[os.PathLike] = None,
-                 summary_text: str = "") -> None:  # fmt: skip
+def write_report(
+    json_path: os.PathLike, out_dir: os.PathLike, repo_root: Optional[os.PathLike] = None, summary_text: str = ""
+) -> None:
     """Write the markdown and figures next to the JSON, and into the repository's docs and README if asked."""
     payload = json.loads(Path(json_path).read_text())
     out = Path(out_dir)

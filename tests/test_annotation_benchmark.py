@@ -26,9 +26,23 @@ import annotation_report  # noqa: E402
 
 def _run(out: Path, repo: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(BENCH / "annotation_benchmark.py"), "--quick", "--out", str(out),
-                           "--docs", str(repo), *extra], cwd=str(ROOT), env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "annotation_benchmark.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--docs",
+            str(repo),
+            *extra,
+        ],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -304,9 +304,16 @@ def test_learner_disagreement_values():
 def test_overlay_without_pred_draws_the_ensembles_own_output(tmp_path, output):
     """Evaluation engines carry every learner's probabilities as ``pred`` (K * C channels): with ``pred_key=None``
     the overlay draws the network's configured output instead of an argmax over K * C channels."""
-    net = QMENet(2, 1, 2, num_learners=3, backbone="unet",
-                 backbone_kwargs={"channels": (4, 8), "strides": (2,), "num_res_units": 0}, quantization="float",
-                 output=output)  # fmt: skip
+    net = QMENet(
+        2,
+        1,
+        2,
+        num_learners=3,
+        backbone="unet",
+        backbone_kwargs={"channels": (4, 8), "strides": (2,), "num_res_units": 0},
+        quantization="float",
+        output=output,
+    )
     handler = OverlayHandler(tmp_path, network=net, pred_key=None)
     probs = torch.zeros(3, 2, 4, 4)
     probs[:, 0] = 1.0

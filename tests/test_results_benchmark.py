@@ -31,8 +31,12 @@ def quick_run(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(BENCH / "results_benchmark.py"), "--quick", "--out", str(out), "--docs", str(repo)],
-        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=420,
-    )  # fmt: skip
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, repo, proc.stdout
 

@@ -18,10 +18,23 @@ pytestmark = pytest.mark.slow  # the real bundle runner, in subprocesses
 def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
     out, docs = tmp_path / "out", tmp_path / "docs"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "wallclock_benchmark.py"), "--quick", "--workers", "1",
-         "--out", str(out), "--docs", str(docs)],
-        cwd=str(ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "wallclock_benchmark.py"),
+            "--quick",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--docs",
+            str(docs),
+        ],
+        cwd=str(ROOT),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "wallclock.json").read_text())
     (job,) = result["jobs"]

@@ -423,9 +423,12 @@ def check_datalist(
                 diff = float(np.abs(np.asarray(affine) - np.asarray(oaffine)).max())
                 if diff > affine_tolerance:
                     problems.append(
-                        (oname, f"{key} affine differs from image {name} by {diff:.4g} > {affine_tolerance} "
-                         f"(misaligned voxels): {np.round(oaffine, 4).tolist()} vs {np.round(affine, 4).tolist()}")
-                    )  # fmt: skip
+                        (
+                            oname,
+                            f"{key} affine differs from image {name} by {diff:.4g} > {affine_tolerance} "
+                            f"(misaligned voxels): {np.round(oaffine, 4).tolist()} vs {np.round(affine, 4).tolist()}",
+                        )
+                    )
     if problems:
         files = len({where for where, _ in problems})
         raise DataValidationError(

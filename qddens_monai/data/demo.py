@@ -130,10 +130,16 @@ def write_demo_3d(
             rs = np.random.RandomState(_rng_seed(seed, stream, i))
             rad_min = 3 if d < 0.5 else 2
             image, label = create_test_image_3d(
-                size, size, size, num_objs=6 + round(6 * d), rad_min=rad_min,
-                rad_max=max(rad_min + 1, round(max(5, size // 6) * (1.0 - 0.3 * d))), noise_max=0.4 + 0.6 * d,
-                num_seg_classes=num_classes - 1, random_state=rs,
-            )  # fmt: skip
+                size,
+                size,
+                size,
+                num_objs=6 + round(6 * d),
+                rad_min=rad_min,
+                rad_max=max(rad_min + 1, round(max(5, size // 6) * (1.0 - 0.3 * d))),
+                noise_max=0.4 + 0.6 * d,
+                num_seg_classes=num_classes - 1,
+                random_state=rs,
+            )
             if d > 0:
                 image = _bias_field(image, 0.6 * d, rs)
             data = np.rint(-100.0 + 250.0 * image).astype(np.int16) if modality == "CT" else image.astype(np.float32)
@@ -230,9 +236,14 @@ def write_demo_2d(
         tensorImageSize="2D",
         modality={"0": "R", "1": "G", "2": "B"} if png else {"0": "G"},
         labels={"0": "background", "1": "vessel"},
-        generator={"spatial_dims": 2, "seed": seed, "size": size if np.isscalar(size) else list(size),
-                   "difficulty": difficulty, "file_format": file_format},
-    )  # fmt: skip
+        generator={
+            "spatial_dims": 2,
+            "seed": seed,
+            "size": size if np.isscalar(size) else list(size),
+            "difficulty": difficulty,
+            "file_format": file_format,
+        },
+    )
 
 
 def ensure_demo_data(
