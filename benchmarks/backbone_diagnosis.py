@@ -205,7 +205,8 @@ def main() -> None:
                 f.write_text(json.dumps(r))
                 results.append(r)
                 print(
-                    f"{data} {name} seed {seed}: Dice {r['curve'][-1]['dice']:.3f}, P(fg) {r['curve'][-1]['fg_prob']:.2f}",
+                    f"{data} {name} seed {seed}: Dice {r['curve'][-1]['dice']:.3f}, "
+                    f"P(fg) {r['curve'][-1]['fg_prob']:.2f}",
                     flush=True,
                 )
     print(f"wrote {report(results, Path(args.docs))}")

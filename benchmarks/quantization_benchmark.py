@@ -108,7 +108,8 @@ def main() -> None:
 
     print("\n2. Packed size of the quantized tensors, float32 / packed (3D UNet)")
     print(
-        f"{'method':<13} {'bits':>4} {'params':>9} {'fixed':>7} {'0.95x32/b':>9} {'lzma':>7} {'32/b':>6} {'lzma bits/w':>11}"
+        f"{'method':<13} {'bits':>4} {'params':>9} {'fixed':>7} "
+        f"{'0.95x32/b':>9} {'lzma':>7} {'32/b':>6} {'lzma bits/w':>11}"
     )
     sizes = []
     for method in ("power_of_two", "uniform"):

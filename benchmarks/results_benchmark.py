@@ -18,8 +18,8 @@ overlapping their intensity, a bias field), for several seeds:
 8. ``qmenet_cenet``: for reference, variant 5 with the bundle's default learners (CE-Net, channels 8..64).
 
 Every QME-Net learner of variants 3-5 is the *same* MONAI ``UNet`` as the baseline (the bundle's default
-CE-Net learners did not train at this budget in an earlier run; variant 8 measures them). Every variant gets the same optimizer
-(Adam, lr 0.005), the same number of epochs and the same learning-rate halving at the epochs where
+CE-Net learners did not train at this budget in an earlier run; variant 8 measures them). Every variant gets
+the same optimizer (Adam, lr 0.005), the same number of epochs and the same learning-rate halving at the epochs where
 the quantized variants take their quantization steps, the same augmentation, and the final weights
 are evaluated (no model selection). Training goes through MONAI's ``SupervisedTrainer`` with the
 package's ``EnsembleLoss`` / ``DeepDiversityLoss`` / ``IncrementalQuantizationHandler`` /

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -24,6 +24,10 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 ANNOTATION = ("<!-- annotation:start -->", "<!-- annotation:end -->")  # annotation_report.py's section
 FIGURES = ("results_metrics.png", "results_size.png", "results_overlay.png")
 DATASET_TITLES = {"2d": "2D vessels (inside the FOV)", "3d": "3D spheres"}
+#: The command that writes the report from the JSON, as the report quotes it.
+REGENERATE = (
+    "python benchmarks/results_doc.py runs/results/results.json --repo . --summary benchmarks/results_reading.md"
+)
 
 #: The papers' claims as paired comparisons ``(claim, better variant / metric, reference variant / metric, kind)``.
 #: kind ``"gain"``: the claim holds if the first is higher; ``"no_loss"``: if it is not clearly lower.
@@ -353,7 +357,7 @@ def report_markdown(payload: dict, figures_prefix: str, title_level: str = "#") 
     figs = "\n".join(f"![{f}]({figures_prefix}{f})" for f in FIGURES)
     return f"""{title_level} Results: QME-Net against plain MONAI baselines
 
-Reproduce: `{payload['command']}` (then `python benchmarks/results_doc.py runs/results/results.json --repo . --summary benchmarks/results_reading.md`
+Reproduce: `{payload['command']}` (then `{REGENERATE}`
 writes this page, the figures and the README section from the JSON; the reading above the tables is written by hand;
 `--quick` checks the harness, not the science, in a few minutes).
 Machine: {_machine_line(payload)}.

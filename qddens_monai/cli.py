@@ -97,7 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.exit(2, f"qddens-monai prepare-drive: {e}\n")
         print(f"DRIVE converted; datalist: {datalist}")
         print(
-            f"Train with: python -m monai.bundle run training --config_file configs/train.json --dataset_dir {Path(datalist).parent}"
+            "Train with: python -m monai.bundle run training --config_file configs/train.json "
+            f"--dataset_dir {Path(datalist).parent}"
         )
     elif args.command == "label-server":
         from qddens_monai.label.server import parse_overrides, start_label_server

@@ -143,7 +143,9 @@ def test_every_bad_file_of_a_datalist_is_named_in_one_error(project, tmp_path):
     expected = {
         "truncated.nii.gz": "cannot be read",
         "wrong_extension.png": "cannot be read",
-        "four_d.nii.gz": "has 2 channels, the network expects in_channels=1 (a 4D NIfTI: its last axis is read as channels)",
+        "four_d.nii.gz": (
+            "has 2 channels, the network expects in_channels=1 (a 4D NIfTI: its last axis is read as channels)"
+        ),
         "short_label.nii.gz": "label shape (16, 16, 12) differs from image",
         "shifted_label.nii.gz": "label affine differs from image",
         "nan_image.nii.gz": "image contains 3 NaN and 1 infinite values",
@@ -210,8 +212,8 @@ def test_overrides_of_the_wrong_type_are_all_named(project):
     assert "SettingsError: 4 invalid setting(s)" in log
     assert "--epochs: must be an integer >= 0; got 'abc' (str)" in log
     assert (
-        "--roi_size: must be a list of 3 positive integers, e.g. [64, 64, 64], or 'auto' (planned from the data); got 16 (int)"
-        in log
+        "--roi_size: must be a list of 3 positive integers, e.g. [64, 64, 64], or 'auto' (planned from the data); "
+        "got 16 (int)" in log
     )
     assert "--learning_rate: must be a number in (0.0, inf); got 'fast' (str)" in log
     assert "--portions: must be a list of strictly increasing accumulated portions" in log

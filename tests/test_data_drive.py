@@ -41,7 +41,7 @@ def fake_drive(root, train=(21, 22), test=(1, 2), test_labels=True, size=(H, W))
 def test_the_original_files_are_not_loadable_by_monai(tmp_path):
     fake_drive(tmp_path / "DRIVE", train=(21,), test=(1,), size=64)
     gif = tmp_path / "DRIVE" / "training" / "mask" / "21_training_mask.gif"
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         LoadImage(image_only=True)(str(gif))  # why prepare_drive converts to PNG
     # and through PIL (PILReader) a palette GIF gives its palette indices, not 0/255
     assert Image.open(gif).mode == "P" and set(np.unique(np.asarray(Image.open(gif)))) == {0, 1}

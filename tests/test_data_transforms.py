@@ -51,8 +51,9 @@ def test_label_transform_binary_and_multiclass():
     assert torch.equal(out["label"], out["mask"]) and set(torch.unique(out["label"]).tolist()) == {0.0, 1.0}
     # optional FOV masks: missing keys are skipped only when asked
     run(label_transform("mask", allow_missing_keys=True), label=png_label)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError) as missing:  # MONAI's apply_transform wraps the transform's error
         run(label_transform("mask"), label=png_label)
+    assert isinstance(missing.value.__cause__, KeyError)
     multi = np.array([[[0.0, 1.0, 2.0, 3.0]]])
     out = run(label_transform("label", num_classes=4), label=multi)["label"]
     assert out.dtype == torch.float32 and out.tolist() == multi.tolist()

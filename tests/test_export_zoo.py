@@ -1,4 +1,5 @@
-"""Model Zoo export for real: the exported folder runs in a fresh venv without qddens_monai; artifacts reproduce eager."""
+"""Model Zoo export for real: the exported folder runs in a fresh venv without qddens_monai; the artifacts
+reproduce the eager network."""
 
 import json
 import os

@@ -84,7 +84,8 @@ def test_two_stage_reproducible_per_seed_and_differs_across_seeds():
 def test_random_partition_differs_from_magnitude():
     mag = quantize_network(small_unet(), "power_of_two", 5, partition="magnitude")
     rnd = quantize_network(small_unet(), "power_of_two", 5, partition="random", seed=3)
-    quantization_step(mag), quantization_step(rnd)
+    quantization_step(mag)
+    quantization_step(rnd)
     assert any(not torch.equal(x, y) for x, y in zip(masks(mag).values(), masks(rnd).values()))
 
 
@@ -113,7 +114,7 @@ def test_frozen_weights_stay_bit_identical_under_optimizers(make_optimizer):
     frozen = {n: (l.weight.detach().clone(), q.mask.clone()) for n, l, q in quantized_layers(net)}
     train(60)
     moved = 0
-    for name, layer, q in quantized_layers(net):
+    for name, layer, _ in quantized_layers(net):
         before, mask = frozen[name]
         after = layer.weight.detach()
         assert torch.equal(after[mask], before[mask]), name
@@ -153,7 +154,8 @@ def test_exclude_leaves_layers_in_float():
 
 def test_state_round_trips_through_state_dict_mid_schedule():
     a = quantize_network(small_unet(), "log_minmax", 4, partition="two_stage", seed=5)
-    quantization_step(a), quantization_step(a)
+    quantization_step(a)
+    quantization_step(a)
     b = quantize_network(
         UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
         "log_minmax",
@@ -163,7 +165,8 @@ def test_state_round_trips_through_state_dict_mid_schedule():
     )
     b.load_state_dict(a.state_dict())
     assert quantization_progress(b) == (2, 4)
-    quantization_step(a), quantization_step(b)
+    quantization_step(a)
+    quantization_step(b)
     for (n, la, qa), (_, lb, qb) in zip(quantized_layers(a), quantized_layers(b)):
         assert torch.equal(qa.mask, qb.mask) and torch.equal(la.weight, lb.weight), n
 

@@ -211,7 +211,7 @@ def test_labels_checked_on_save(server):
     assert status == 200 and result["label"] == "good2"
     # a label in another format replaces it: one label per image and tag
     nrrd = tmp / "good_label.nrrd"
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
     sitk.WriteImage(sitk.ReadImage(str(good)), str(nrrd))
     status, result = _status(client.save_label, "good2", str(nrrd))

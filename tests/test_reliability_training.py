@@ -89,7 +89,10 @@ def test_sigkill_mid_epoch_during_quantization_then_resume_latest_gives_identica
     kill_at = 3 * ITERATIONS_PER_EPOCH + 3  # epoch 4 of 5, iteration 3: quantization step 3 is active
     # the shipped "training" run with one more expression: SIGKILL this process at that iteration
     training = json.loads((CONFIGS / "train.json").read_text())["training"]
-    kill = f"$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once={kill_at}), lambda e: os.kill(os.getpid(), signal.SIGKILL))"
+    kill = (
+        f"$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED(once={kill_at}), "
+        "lambda e: os.kill(os.getpid(), signal.SIGKILL))"
+    )
     (tmp_path / "kill.json").write_text(
         json.dumps({"training": ["$import signal"] + training[:-1] + [kill, training[-1]]})
     )

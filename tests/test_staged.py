@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from monai.networks.nets.unet import CheckpointUNet
 
-from qddens_monai.networks import CENet, QMENet, StagedBasicUNet, StagedUNet, StageView, as_staged, is_staged
+from qddens_monai.networks import CENet, QMENet, StagedUNet, StageView, as_staged, is_staged
 from qddens_monai.networks.distillation import load_checkpoint
 from qddens_monai.quantization import freeze, is_quantization_complete, quantization_step, quantized_layers
 
@@ -106,7 +106,7 @@ def test_foreign_backbones_and_explicit_levels_use_hooks():
         2, 1, 2, backbone="segresnet", backbone_kwargs={"init_filters": 8}, quantization="float", probe_size=32
     )
     assert not net.staged and isinstance(net.meta_learner, SegResNet)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="forward_level"):  # TorchScript needs staged learners
         torch.jit.script(net.eval())
     learners = [CENet(2, 1, 2, **TINY) for _ in range(2)]
     levels = [list(CENet.feature_modules)] * 2

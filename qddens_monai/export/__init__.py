@@ -1,4 +1,5 @@
-"""Export: Model Zoo bundle folder and zip (code vendored), TorchScript, packed low-bit weights, ONNX / ONNX Runtime int8."""
+"""Export: Model Zoo bundle folder and zip (code vendored), TorchScript, packed low-bit weights,
+ONNX / ONNX Runtime int8."""
 
 from qddens_monai._lazy import lazy_exports
 

@@ -1,4 +1,5 @@
-"""``metadata.json`` of an exported bundle: exact versions, changelog, and an offline check of the spec's required fields."""
+"""``metadata.json`` of an exported bundle: exact versions, changelog, and an offline check of the spec's
+required fields."""
 
 from __future__ import annotations
 

@@ -177,7 +177,10 @@ def check_workflow_properties(bundle_path: Path) -> dict[str, list]:
 
 
 def verify_full(models_path: PathLike, name: str) -> list[str]:
-    """verify_bundle.verify(bundle, models_path, mode="full"), offline; returns the steps passed, raises on a failure."""
+    """verify_bundle.verify(bundle, models_path, mode="full"), offline.
+
+    Returns the steps passed; raises on a failure.
+    """
     from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
     models_path = Path(models_path)

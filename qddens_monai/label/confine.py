@@ -30,9 +30,12 @@ class RequestRefused(Exception):
     """A request the server will not carry out; ``status`` is the HTTP status to answer (4xx)."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+        super().__init__(status, message)  # all the arguments: pickle and copy rebuild it from ``args``
         self.status = int(status)
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def check_image_id(image_id: Optional[str], what: str = "image id") -> str:

@@ -145,7 +145,8 @@ class CheckedTrainTask(BundleTrainTask):
     def config(self) -> dict[str, Any]:
         config = super().config()
         config["max_epochs"] = self.schedule_epochs  # the bundle's schedule, quantization steps included
-        config.pop("tracking", None), config.pop("tracking_uri", None), config.pop("tracking_experiment_name", None)
+        for key in ("tracking", "tracking_uri", "tracking_experiment_name"):
+            config.pop(key, None)
         return config
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
