@@ -425,7 +425,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument(
         "--docs",
         default=None,
-        help="repository root: write the figure, docs/results.md section and " "README summary there",
+        help="repository root: write the figure, docs/results.md section and README summary there",
     )
     ap.add_argument("--report", action="store_true", help="only rewrite the summary / report from --out")
     ap.add_argument(

@@ -70,8 +70,7 @@ def check_tag(tag: Optional[str]) -> str:
     else:
         why = "has characters other than letters, digits, '_', '-', '.'"
     raise RequestRefused(
-        400,
-        f"label tag {text!r} {why}: a tag is a folder name (letters, digits, '_', '-', '.'; " "not starting with '.')",
+        400, f"label tag {text!r} {why}: a tag is a folder name (letters, digits, '_', '-', '.'; not starting with '.')"
     )
 
 

@@ -122,7 +122,7 @@ class GuardMiddleware(BaseHTTPMiddleware):
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
                 return _refuse(
                     401,
-                    "missing or wrong token: send 'Authorization: Bearer <token>' (the server's " "--auth-token)",
+                    "missing or wrong token: send 'Authorization: Bearer <token>' (the server's --auth-token)",
                     {"WWW-Authenticate": "Bearer"},
                 )
         try:
