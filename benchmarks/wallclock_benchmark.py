@@ -59,8 +59,15 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS: dict[str, dict[str, Any]] = {
     "mr2d": {"dims": 2, "num_classes": 2, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
     "mr2d_3class": {"dims": 2, "num_classes": 3, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
-    "spheres3d": {"dims": 3, "num_classes": 2, "data": "spheres", "num_train": 10, "num_test": 4, "size": 48,
-                  "difficulty": 0.7},
+    "spheres3d": {
+        "dims": 3,
+        "num_classes": 2,
+        "data": "spheres",
+        "num_train": 10,
+        "num_test": 4,
+        "size": 48,
+        "difficulty": 0.7,
+    },
 }
 #: Config overrides per bundle variant (``#`` paths as in MONAI configs); dims-specific ones by key 2 / 3.
 VARIANTS: dict[str, dict[Any, Any]] = {
@@ -94,11 +101,19 @@ def make_data(task: str, root: Path, quick: bool) -> str:
     tmp = root / f".{name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg["data"] == "mr":
-        write_demo_mr_2d(tmp, cfg["num_train"], cfg["num_test"], num_classes=cfg["num_classes"],
-                         difficulty=cfg["difficulty"], seed=0)  # fmt: skip
+        write_demo_mr_2d(
+            tmp, cfg["num_train"], cfg["num_test"], num_classes=cfg["num_classes"], difficulty=cfg["difficulty"], seed=0
+        )
     else:
-        write_demo_3d(tmp, cfg["num_train"], cfg["num_test"], size=cfg["size"], num_classes=cfg["num_classes"],
-                      difficulty=cfg["difficulty"], seed=0)  # fmt: skip
+        write_demo_3d(
+            tmp,
+            cfg["num_train"],
+            cfg["num_test"],
+            size=cfg["size"],
+            num_classes=cfg["num_classes"],
+            difficulty=cfg["difficulty"],
+            seed=0,
+        )
     # the datalist names absolute paths under tmp: rewrite them for the final folder
     text = (tmp / "dataset.json").read_text().replace(str(tmp), str(out))
     (tmp / "dataset.json").write_text(text)
@@ -112,10 +127,16 @@ def make_data(task: str, root: Path, quick: bool) -> str:
 def overrides_for(task: str, variant: str, seed: int, data_json: str, run_dir: Path, schedule: dict) -> dict[str, Any]:
     cfg = TASKS[task]
     over: dict[str, Any] = {
-        "dataset_dir": str(Path(data_json).parent), "demo_dir": str(run_dir / "no_demo"),
-        "output_dir": str(run_dir / "eval"), "ckpt_dir": str(run_dir / "models"),
-        "in_channels": 1, "modality": "mr", "num_classes": cfg["num_classes"], "seed": seed, **schedule,
-    }  # fmt: skip
+        "dataset_dir": str(Path(data_json).parent),
+        "demo_dir": str(run_dir / "no_demo"),
+        "output_dir": str(run_dir / "eval"),
+        "ckpt_dir": str(run_dir / "models"),
+        "in_channels": 1,
+        "modality": "mr",
+        "num_classes": cfg["num_classes"],
+        "seed": seed,
+        **schedule,
+    }
     for k, v in VARIANTS.get(variant, {}).items():
         if isinstance(k, int):
             if k == cfg["dims"]:
@@ -135,8 +156,17 @@ def train_bundle(bundle: Path, dims: int, over: dict[str, Any], log_file: Path) 
     override_file = log_file.with_suffix(".overrides.json")
     override_file.write_text(json.dumps(over, indent=1))
     files = config_files(bundle, dims) + [str(override_file)]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files),
-           "--bundle_root", str(bundle)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps(files),
+        "--bundle_root",
+        str(bundle),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_file, "w") as log:
@@ -166,8 +196,10 @@ def evaluate(network, parser, data_json: str, num_classes: int) -> dict[str, flo
     from qddens_monai.evaluation import segmentation_metrics
     from qddens_monai.evaluation.metrics import label_one_hot
 
-    prep = Compose(parser.get_parsed_content("train#deterministic_transforms")
-                   + [EnsureTyped(keys=["image", "label"], track_meta=False)])  # fmt: skip
+    prep = Compose(
+        parser.get_parsed_content("train#deterministic_transforms")
+        + [EnsureTyped(keys=["image", "label"], track_meta=False)]
+    )
     roi = parser.get_parsed_content("plan#roi_size" if "plan" in parser.config else "roi_size")
     inferer = SlidingWindowInferer(roi, sw_batch_size=4, overlap=0.25)
     rows = []
@@ -176,7 +208,9 @@ def evaluate(network, parser, data_json: str, num_classes: int) -> dict[str, flo
         for item in load_datalist(data_json, "test"):
             d = prep(dict(item))
             prob = torch.softmax(inferer(d["image"][None], network), dim=1)[0]
-            rows.append(segmentation_metrics(prob, label_one_hot(d["label"], num_classes, "softmax"), metrics=("dice", "hd95")))
+            rows.append(
+                segmentation_metrics(prob, label_one_hot(d["label"], num_classes, "softmax"), metrics=("dice", "hd95"))
+            )
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -200,9 +234,12 @@ def score_bundle(bundle: Path, dims: int, over: dict[str, Any], data_json: str, 
     return out
 
 
-def train_unet(bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int, budget: float,
-               equal_epochs: int) -> dict[str, Any]:  # fmt: skip
-    """A plain MONAI UNet through the bundle's transforms, until ``budget`` CPU seconds; scored then and at ``equal_epochs``."""
+def train_unet(
+    bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int, budget: float, equal_epochs: int
+) -> dict[str, Any]:
+    """A plain MONAI UNet through the bundle's transforms, until ``budget`` CPU seconds.
+
+    Scored then and when it completes ``equal_epochs``."""
     import torch
     from ignite.engine import Events
     from monai.data import CacheDataset, DataLoader
@@ -213,13 +250,26 @@ def train_unet(bundle: Path, dims: int, over: dict[str, Any], data_json: str, nu
 
     parser = parser_for(bundle, dims, over)
     set_determinism(seed=int(over["seed"]))
-    ds = CacheDataset(parser.get_parsed_content("train_datalist"), parser.get_parsed_content("train#preprocessing"),
-                      cache_rate=1.0, num_workers=0, progress=False)  # fmt: skip
+    ds = CacheDataset(
+        parser.get_parsed_content("train_datalist"),
+        parser.get_parsed_content("train#preprocessing"),
+        cache_rate=1.0,
+        num_workers=0,
+        progress=False,
+    )
     loader = DataLoader(ds, batch_size=parser.get_parsed_content("batch_size"), shuffle=True, num_workers=0)
-    net = UNet(dims, 1, num_classes, channels=UNET["channels"], strides=UNET["strides"], num_res_units=UNET["num_res_units"])
+    net = UNet(
+        dims, 1, num_classes, channels=UNET["channels"], strides=UNET["strides"], num_res_units=UNET["num_res_units"]
+    )
     opt = torch.optim.Adam(net.parameters(), lr=UNET["learning_rate"])
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=10**6, train_data_loader=loader, network=net,
-                                optimizer=opt, loss_function=DiceCELoss(to_onehot_y=True, softmax=True))  # fmt: skip
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=10**6,
+        train_data_loader=loader,
+        network=net,
+        optimizer=opt,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+    )
     state: dict[str, Any] = {"eval_cpu": 0.0}
     t0 = time.process_time()
 
@@ -239,8 +289,11 @@ def train_unet(bundle: Path, dims: int, over: dict[str, Any], data_json: str, nu
 
     trainer.run()
     result = evaluate(net, parser, data_json, num_classes)
-    result.update(cpu_s=time.process_time() - t0 - state["eval_cpu"], epochs=trainer.state.epoch,
-                  params=int(sum(p.numel() for p in net.parameters())))  # fmt: skip
+    result.update(
+        cpu_s=time.process_time() - t0 - state["eval_cpu"],
+        epochs=trainer.state.epoch,
+        params=int(sum(p.numel() for p in net.parameters())),
+    )
     return {"unet_same_time": result, **({"unet_same_epochs": state["same_epochs"]} if "same_epochs" in state else {})}
 
 
@@ -291,8 +344,11 @@ def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]
         job["variants"].update(train_unet(bundle, dims, over, data_json, num_classes, budget, epochs))
         save()
         r = job["variants"]["unet_same_time"]
-        print(f"[{task} seed {seed}] unet_same_time: dice {r['dice']:.3f} in {r['cpu_s']:.0f} CPU s, {r['epochs']} epochs",
-              flush=True)  # fmt: skip
+        print(
+            f"[{task} seed {seed}] unet_same_time: dice {r['dice']:.3f} in {r['cpu_s']:.0f} CPU s, "
+            f"{r['epochs']} epochs",
+            flush=True,
+        )
 
     for variant in variants:
         if variant not in job["variants"]:
@@ -302,9 +358,23 @@ def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]
 
 def paired(jobs: list[dict], task: str, a: str, b: str, key: str = "dice") -> dict[str, float]:
     """Mean and sd over seeds of ``a - b`` (same task and seed)."""
-    d = [j["variants"][a][key] - j["variants"][b][key] for j in jobs
-         if j["task"] == task and a in j["variants"] and b in j["variants"]]  # fmt: skip
+    d = [
+        j["variants"][a][key] - j["variants"][b][key]
+        for j in jobs
+        if j["task"] == task and a in j["variants"] and b in j["variants"]
+    ]
     return {"mean": float(np.mean(d)), "sd": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0, "n": len(d)} if d else {}
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def _cell(st: dict[str, Any], key: str, n: int, f: str = "{:.3f}") -> str:
+    """``mean ± sd`` of one statistic of a variant (``–`` when missing; no sd for one seed)."""
+    if key not in st:
+        return "–"
+    return f.format(st[key]["mean"]) + (" ± " + f.format(st[key]["sd"]) if n > 1 else "")
 
 
 def summarize(jobs: list[dict]) -> dict[str, Any]:
@@ -316,19 +386,38 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
         names = sorted({v for j in tj for v in j["variants"]})
         stats = {}
         for v in names:
-            keys = sorted({k for j in tj if v in j["variants"] for k, x in j["variants"][v].items() if isinstance(x, (int, float))})
-            stats[v] = {k: {"mean": float(np.mean([j["variants"][v][k] for j in tj if v in j["variants"] and k in j["variants"][v]])),
-                            "sd": float(np.std([j["variants"][v][k] for j in tj if v in j["variants"] and k in j["variants"][v]],
-                                               ddof=1)) if len(tj) > 1 else 0.0}
-                        for k in keys}  # fmt: skip
-        diffs = {f"{a} - {b}": paired(tj, task, a, b) for a, b in (
-            ("default", "unet_same_time"), ("default", "unet_same_epochs"), ("default", "old_default"),
-            ("default", "fused_float"), ("default", "lr_5e-3"), ("fused_float", "unet_same_time"))}  # fmt: skip
-        meta_mean = [j["variants"]["default"]["dice"] - j["variants"]["default"]["mean_dice"] for j in tj
-                     if "mean_dice" in j["variants"].get("default", {})]  # fmt: skip
+            keys = sorted(
+                {
+                    k
+                    for j in tj
+                    if v in j["variants"]
+                    for k, x in j["variants"][v].items()
+                    if isinstance(x, (int, float))
+                }
+            )
+            stats[v] = {k: _mean_sd([j["variants"][v][k] for j in tj if k in j["variants"].get(v, {})]) for k in keys}
+        diffs = {
+            f"{a} - {b}": paired(tj, task, a, b)
+            for a, b in (
+                ("default", "unet_same_time"),
+                ("default", "unet_same_epochs"),
+                ("default", "old_default"),
+                ("default", "fused_float"),
+                ("default", "lr_5e-3"),
+                ("fused_float", "unet_same_time"),
+            )
+        }
+        meta_mean = [
+            j["variants"]["default"]["dice"] - j["variants"]["default"]["mean_dice"]
+            for j in tj
+            if "mean_dice" in j["variants"].get("default", {})
+        ]
         if meta_mean:
-            diffs["default: meta - mean output"] = {"mean": float(np.mean(meta_mean)), "n": len(meta_mean),
-                                                    "sd": float(np.std(meta_mean, ddof=1)) if len(meta_mean) > 1 else 0.0}
+            diffs["default: meta - mean output"] = {
+                "mean": float(np.mean(meta_mean)),
+                "n": len(meta_mean),
+                "sd": float(np.std(meta_mean, ddof=1)) if len(meta_mean) > 1 else 0.0,
+            }
         summary[task] = {"stats": stats, "paired": {k: v for k, v in diffs.items() if v}}
     return summary
 
@@ -350,47 +439,57 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, jobs = result["summary"], result["jobs"]
+    summary, jobs, sched = result["summary"], result["jobs"], result["schedule"]
     order = [v for v in LABELS if any(v in s["stats"] for s in summary.values())]
     lines = [
         "# Results: the bundle's defaults against a plain MONAI UNet at the same CPU time",
         "",
         "Reproduce: `python benchmarks/wallclock_benchmark.py` (resumable; `--report` rewrites this page from "
-        "`runs/wallclock/wallclock.json`). " + f"Machine: {result['machine']}"
+        "`runs/wallclock/wallclock.json`). "
+        + f"Machine: {result['machine']}"
         + (f"; last invocation {result['wall_s'] / 60:.0f} min." if np.isfinite(result.get("wall_s", np.nan)) else "."),
         "",
-        f"Schedule of every bundle variant: `--epochs {result['schedule']['epochs']} --epochQ {result['schedule']['epochQ']}` "
-        f"({result['schedule']['epochs'] + 4 * result['schedule']['epochQ']} epochs, the external check's budget). The plain UNet "
+        f"Schedule of every bundle variant: `--epochs {sched['epochs']} --epochQ {sched['epochQ']}` "
+        f"({sched['epochs'] + 4 * sched['epochQ']} epochs, the external check's budget). The plain UNet "
         f"(channels {result['unet']['channels']}, {result['unet']['num_res_units']} residual units, DiceCE, Adam "
-        f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the default's CPU "
-        "time (its runner start-up included); `unet_same_epochs` is the same run scored at the bundle's epoch count. "
+        f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the "
+        "default's CPU time (its runner start-up included); `unet_same_epochs` is the same run scored at the "
+        "bundle's epoch count. "
         "Test Dice of the final weights, mean ± sd over seeds; differences paired per seed.",
         "",
     ]
     for task, s in summary.items():
         cfg = result["tasks"][task]
-        lines += [f"## {task}", "", f"`{json.dumps(cfg)}`", "",
-                  "| variant | Dice | HD95 | CPU s | epochs | params | seeds |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {task}",
+            "",
+            f"`{json.dumps(cfg)}`",
+            "",
+            "| variant | Dice | HD95 | CPU s | epochs | params | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for v in order:
             st = s["stats"].get(v)
             if not st:
                 continue
             n = sum(1 for j in jobs if j["task"] == task and v in j["variants"])
-            fmt = lambda k, f="{:.3f}": (f.format(st[k]["mean"]) + (" ± " + f.format(st[k]["sd"]) if n > 1 else "")  # noqa: E731
-                                         if k in st else "–")
             per_class = [k for k in st if k.startswith("dice_")]
-            dice = fmt("dice") + (" (" + ", ".join(f"{k[5:]}: {st[k]['mean']:.3f}" for k in per_class) + ")" if per_class else "")
+            dice = _cell(st, "dice", n) + (
+                " (" + ", ".join(f"{k[5:]}: {st[k]['mean']:.3f}" for k in per_class) + ")" if per_class else ""
+            )
             params = f"{st['params']['mean']:,.0f}" if "params" in st else "–"
-            lines.append(f"| {LABELS[v]} | {dice} | {fmt('hd95', '{:.1f}')} | {fmt('cpu_s', '{:.0f}')} | "
-                         f"{fmt('epochs', '{:.0f}')} | {params} | {n} |")  # fmt: skip
+            lines.append(
+                f"| {LABELS[v]} | {dice} | {_cell(st, 'hd95', n, '{:.1f}')} | {_cell(st, 'cpu_s', n, '{:.0f}')} | "
+                f"{_cell(st, 'epochs', n, '{:.0f}')} | {params} | {n} |"
+            )
         lines += ["", "| paired difference (Dice) | mean ± sd | seeds |", "|---|---|---|"]
         for k, d in s["paired"].items():
             sd = f" ± {d['sd']:.3f}" if d.get("n", 0) > 1 else ""
             lines.append(f"| {k} | {d['mean']:+.3f}{sd} | {d.get('n', '')} |")
         lines.append("")
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
-    for ax, (task, s) in zip(axes[0], summary.items()):
-        for i, v in enumerate(order):
+    for ax, task in zip(axes[0], summary):
+        for v in order:
             runs = [j["variants"][v] for j in jobs if j["task"] == task and v in j["variants"]]
             if runs:
                 ax.scatter([r.get("cpu_s", np.nan) for r in runs], [r["dice"] for r in runs], label=LABELS[v], s=30)
@@ -415,7 +514,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--docs", default=None, help="write results_wallclock.md and the figure here (default: the repo's docs/)")
+    ap.add_argument(
+        "--docs", default=None, help="write results_wallclock.md and the figure here (default: the repo's docs/)"
+    )
     ap.add_argument("--report", action="store_true", help="only rewrite the report from --out's wallclock.json")
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -445,18 +546,23 @@ def main() -> None:
     jobs = [json.loads((out / "runs" / f"{t}_seed{s}.json").read_text()) for s in seeds for t in tasks]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1 per job, {args.workers} workers",
-        "wall_s": time.time() - t0, "quick": args.quick, "tasks": {t: TASKS[t] for t in tasks},
-        "variants": {k: {str(kk): vv for kk, vv in v.items()} for k, v in VARIANTS.items()}, "unet": UNET,
+        "wall_s": time.time() - t0,
+        "quick": args.quick,
+        "tasks": {t: TASKS[t] for t in tasks},
+        "variants": {k: {str(kk): vv for kk, vv in v.items()} for k, v in VARIANTS.items()},
+        "unet": UNET,
         "schedule": SCHEDULES["quick" if args.quick else "full"],
-        "jobs": sorted(jobs, key=lambda j: (j["task"], j["seed"])), "summary": summarize(jobs),
-    }  # fmt: skip
+        "jobs": sorted(jobs, key=lambda j: (j["task"], j["seed"])),
+        "summary": summarize(jobs),
+    }
     (out / "wallclock.json").write_text(json.dumps(result, indent=1))
     if not args.quick or args.docs:
         print(f"wrote {write_report(result, docs)}")
     for task, s in result["summary"].items():
         print(task)
         for v, st in s["stats"].items():
-            print(f"  {v:18s} dice {st['dice']['mean']:.3f} ± {st['dice']['sd']:.3f}  cpu {st.get('cpu_s', {}).get('mean', float('nan')):.0f} s")
+            cpu = st.get("cpu_s", {}).get("mean", float("nan"))
+            print(f"  {v:18s} dice {st['dice']['mean']:.3f} ± {st['dice']['sd']:.3f}  cpu {cpu:.0f} s")
         for k, d in s["paired"].items():
             print(f"  {k:32s} {d['mean']:+.3f}" + (f" ± {d['sd']:.3f}" if "sd" in d else ""))
     print(f"wrote {out / 'wallclock.json'} ({time.time() - t0:.0f} s)")
