@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist, partition_dataset
 
+from qddens_monai.files import atomic_write_text
+
 __all__ = ["PATH_KEYS", "load_datalist", "split_datalist", "write_datalist"]
 
 #: item keys whose values are file paths (resolved against the datalist's folder)
@@ -149,7 +151,5 @@ def write_datalist(
 
     content = dict(metadata)
     content.update(numTraining=len(training), numTest=len(test), training=rel(training), test=rel(test))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)  # atomic: a dataset.json that exists is complete
+    atomic_write_text(path, json.dumps(content, indent=2) + "\n")  # a dataset.json that exists is complete
     return os.fspath(path)

@@ -283,6 +283,8 @@ def ensure_demo_data(
     """
     import torch.distributed as dist
 
+    from qddens_monai.distributed import rank_and_world_size
+
     out = Path(dataset_dir).expanduser()
     if demo_dir is not None and not (out / "dataset.json").is_file():
         if os.path.realpath(out) != os.path.realpath(Path(demo_dir).expanduser()):
@@ -291,10 +293,11 @@ def ensure_demo_data(
                     f"dataset_dir {out} {'does not exist' if not out.exists() else 'is empty'}: point it at a folder "
                     f"with a dataset.json (demo data is generated only into {demo_dir})."
                 )
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    rank, world_size = rank_and_world_size()
+    if world_size > 1:
         # under torchrun one process writes the demo set and the others wait for it (the atomic move
         # below keeps uncoordinated concurrent callers safe as well)
-        if dist.get_rank() == 0:
+        if rank == 0:
             try:
                 return _ensure_demo_data(out, spatial_dims, num_train, num_test, size, seed, kwargs)
             finally:

@@ -12,6 +12,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from qddens_monai.files import atomic_write
+
 __all__ = ["SaveDicomSegd", "write_dicom_seg"]
 
 
@@ -93,12 +95,7 @@ def write_dicom_seg(
         software_versions=algorithm_version,
         device_serial_number="0",
     )
-    output_file = Path(output_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_file.with_name(f".{output_file.name}.tmp")
-    seg.save_as(str(tmp))
-    os.replace(tmp, output_file)
-    return str(output_file)
+    return str(atomic_write(output_file, lambda tmp: seg.save_as(tmp)))
 
 
 class SaveDicomSegd(MapTransform):

@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from qddens_monai.data.checks import read_header
+from qddens_monai.files import atomic_write_text
 
 __all__ = ["dataset_fingerprint", "plan_roi_size", "plan_num_samples", "write_plan", "MAX_ROI_SIZE"]
 
@@ -148,10 +149,6 @@ def write_plan(
     }
     if datalist is not None:
         plan["fingerprint"] = dict(_fingerprint(datalist))
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "plan.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(plan, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(plan, indent=2))
     return path

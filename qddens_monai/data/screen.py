@@ -18,9 +18,9 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from qddens_monai.data.checks import DataValidationError, check_datalist
+from qddens_monai.files import atomic_write_text
 
 __all__ = ["InputScreen", "InferenceInputError"]
 
@@ -83,11 +83,7 @@ class InputScreen:
     def finish(self) -> dict:
         """Write the report (atomically) and raise :class:`InferenceInputError` if any input failed."""
         report = self.report()
-        path = Path(self.report_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, path)
+        path = atomic_write_text(self.report_path, json.dumps(report, indent=2) + "\n")
         if self.failed:
             listed = "\n".join(f"  {f[self.image_key]}: {'; '.join(f['problems'])}" for f in self.failed)
             raise InferenceInputError(

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -19,8 +18,10 @@ from monai.data import MetaTensor, decollate_batch
 from monai.handlers import from_engine
 from monai.utils import CommonKeys as Keys
 
+from qddens_monai.distributed import rank_and_world_size
 from qddens_monai.evaluation.inferer import learner_names, member_names, split_learners
 from qddens_monai.evaluation.metrics import ALL_METRICS, image_metrics, summarize
+from qddens_monai.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -77,27 +78,14 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def _write_atomic(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write through a temporary file in the same folder and ``os.replace`` it: readers (and a crash)
-    see the old file or the complete new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
+def _file_writer(write: Callable[[Any], None], binary: bool = False) -> Callable[[str], None]:
+    """``write(file object)`` as a writer of a path, for :func:`~qddens_monai.files.atomic_write`."""
+
+    def to_path(tmp: str) -> None:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return to_path
 
 
 class EnsembleMetrics(Metric):
@@ -269,7 +257,7 @@ class EnsembleMetrics(Metric):
             raise ValueError(f"got {len(preds)} predictions but {len(labels)} labels.")
         masks = _items(output[2]) if len(output) > 2 and output[2] is not None else [None] * len(preds)
         names = list(output[3]) if len(output) > 3 and output[3] is not None else [None] * len(preds)
-        rank, world = _dist_info()
+        rank, world = rank_and_world_size()
         for pred, label, mask, name in zip(preds, labels, masks, names):
             if mask is None and self.require_mask:
                 raise ValueError(f"no {self.mask_key!r} mask for image {name or len(self._rows)} (require_mask=True).")
@@ -335,7 +323,7 @@ class EnsembleMetrics(Metric):
     def compute(self) -> float:
         """Gather the rows of every rank, summarize them, and return the nan-mean of ``key_column``."""
         rows = list(self._rows)
-        rank, world = _dist_info()
+        rank, world = rank_and_world_size()
         if world > 1:
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, rows)
@@ -415,7 +403,7 @@ class EnsembleMetrics(Metric):
             return
         if self.summary is None:
             self.compute()
-        if _dist_info()[0] != self.save_rank:
+        if rank_and_world_size()[0] != self.save_rank:
             return
         summary = self.summary
         assert summary is not None
@@ -439,14 +427,14 @@ class EnsembleMetrics(Metric):
                 w.writerow([member, metric, *[stats[x] for x in fields]])
 
         public = {k: v for k, v in summary.items() if k != "columns"}
-        _write_atomic(os.path.join(self.output_dir, self.per_image_filename), _per_image)
-        _write_atomic(os.path.join(self.output_dir, self.summary_csv_filename), _summary_csv)
-        _write_atomic(
+        atomic_write(os.path.join(self.output_dir, self.per_image_filename), _file_writer(_per_image))
+        atomic_write(os.path.join(self.output_dir, self.summary_csv_filename), _file_writer(_summary_csv))
+        atomic_write_text(
             os.path.join(self.output_dir, self.summary_filename),
-            lambda f: json.dump(_json_safe(public), f, indent=2, allow_nan=False),
+            json.dumps(_json_safe(public), indent=2, allow_nan=False),
         )
         if self.plot_filename and "dice" in self.metrics:
-            _write_atomic(os.path.join(self.output_dir, self.plot_filename), self._plot, binary=True)
+            atomic_write(os.path.join(self.output_dir, self.plot_filename), _file_writer(self._plot, binary=True))
         key = summary["key_metric"]
         self.logger.info(
             f"{self.metric_name}: {key['value']:.4f} over {summary['num_images']} images "

@@ -13,14 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from qddens_monai.files import atomic_write
+
 __all__ = ["export_onnx", "quantize_onnx_int8", "OnnxRuntimeNetwork"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def _atomic_target(path: PathLike) -> tuple[Path, Path]:
-    path = Path(path)
-    return path, path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
 @torch.no_grad()
@@ -46,29 +43,27 @@ def export_onnx(
     import onnxruntime as ort
 
     net = net.eval()
-    path, tmp = _atomic_target(path)
-    try:
+
+    def export_and_check(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 net,
                 (example,),
-                str(tmp),
+                tmp,
                 dynamo=False,
                 input_names=["image"],
                 output_names=["pred"],
                 dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}},
                 opset_version=opset_version,
             )
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         got = session.run(None, {"image": example.cpu().numpy()})[0]
         diff = float(np.abs(got - net(example).cpu().numpy()).max())
         if diff > atol:
             raise RuntimeError(f"ONNX export of {type(net).__name__} differs from PyTorch by {diff:.2e} (> {atol}).")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, export_and_check, suffix=".onnx")
 
 
 def quantize_onnx_int8(model_path: PathLike, path: PathLike, calibration: Iterable[np.ndarray]) -> Path:
@@ -95,26 +90,26 @@ def quantize_onnx_int8(model_path: PathLike, path: PathLike, calibration: Iterab
         def get_next(self):  # noqa: ANN201 (ONNX Runtime's interface)
             return next(self._it, None)
 
-    path, tmp = _atomic_target(path)
     # ONNX Runtime's quantizer warns on the root logger for every 1-D tensor it leaves alone.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_static(
-            str(model_path),
-            str(tmp),
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+        return atomic_write(
+            path,
+            lambda tmp: quantize_static(
+                str(model_path),
+                tmp,
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            ),
+            suffix=".onnx",
         )
-        os.replace(tmp, path)
     finally:
         root.setLevel(level)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 class OnnxRuntimeNetwork(nn.Module):

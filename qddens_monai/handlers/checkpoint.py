@@ -27,6 +27,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
+from qddens_monai.distributed import rank_and_world_size
+
 __all__ = ["AtomicCheckpointSaver", "EpochSeedHandler", "find_checkpoint", "RESUME_KEYS"]
 
 logger = logging.getLogger(__name__)
@@ -159,11 +161,7 @@ class EpochSeedHandler:
     def __call__(self, engine: Engine) -> None:
         from monai.utils import set_determinism
 
-        rank = (
-            torch.distributed.get_rank()
-            if torch.distributed.is_available() and torch.distributed.is_initialized()
-            else 0
-        )
+        rank = rank_and_world_size()[0]
         seed = _epoch_seed(self.seed, engine.state.epoch, rank)
         set_determinism(seed=seed)
         if self.transforms is not None and hasattr(self.transforms, "set_random_state"):

@@ -17,8 +17,10 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
+from qddens_monai.distributed import is_main_process
+from qddens_monai.files import atomic_write
 from qddens_monai.handlers.drawing import CurvePanel, draw_training_curves
-from qddens_monai.handlers.figures import atomic_write, is_main_process, save_figure, to_float
+from qddens_monai.handlers.figures import save_figure, to_float
 from qddens_monai.quantization import quantization_progress
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")

@@ -1,14 +1,11 @@
-"""What the figure handlers share: rank 0 only, a pyplot-free Agg figure, atomic file writes, plain floats.
+"""What the figure handlers share: a pyplot-free Agg figure, PNGs written atomically, plain floats.
 
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a reader never sees
-half a file; in a distributed run only rank 0 writes.
+The handlers write only on rank 0 (:func:`qddens_monai.distributed.is_main_process`), each file through
+:func:`qddens_monai.files.atomic_write`, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -16,16 +13,12 @@ import numpy as np
 import torch
 from monai.utils import is_scalar
 
+from qddens_monai.files import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["is_main_process", "new_figure", "atomic_write", "save_figure", "to_float"]
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed run, or the only process."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+__all__ = ["new_figure", "save_figure", "to_float"]
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -36,30 +29,6 @@ def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     return fig
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` for a temporary file next to ``path``, then move it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> None:

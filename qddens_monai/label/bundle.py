@@ -22,6 +22,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from qddens_monai.config import bundle_dir, load_bundle_configs
+from qddens_monai.files import atomic_write
 
 __all__ = ["bundle_dir", "prepare_label_bundle", "bundle_network"]
 
@@ -130,7 +131,5 @@ def prepare_label_bundle(
     if spatial_dims == 2 and shipped.is_file() and not overrides:
         shutil.copy2(shipped, model)
     else:
-        tmp = model.with_suffix(".tmp")
-        torch.save(net.state_dict(), tmp)
-        os.replace(tmp, model)  # atomic: a crash never leaves a half-written model.pt
+        atomic_write(model, lambda tmp: torch.save(net.state_dict(), tmp))  # a crash never leaves half a model.pt
     return dst

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from qddens_monai.files import atomic_write_text
+
 __all__ = ["DescriptorStore"]
 
 
@@ -54,10 +56,8 @@ class DescriptorStore:
     def put(self, image: str, model: str, kind: str, descriptor: Sequence[float]) -> None:
         """Store ``image``'s descriptor (replacing an older one)."""
         values = [float(v) for v in descriptor]
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.path(image)
-        tmp = path.with_name(f"{path.stem}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"image": image, "model": model, "kind": kind, "descriptor": values}))
-        os.replace(tmp, path)
+        atomic_write_text(
+            self.path(image), json.dumps({"image": image, "model": model, "kind": kind, "descriptor": values})
+        )
         with self._lock:
             self._cache[image] = (model, kind, values)

@@ -17,6 +17,7 @@ from monai.data import NibabelWriter
 from monai.transforms import LoadImage
 
 from qddens_monai.data import dicom_series_in
+from qddens_monai.files import atomic_write
 
 __all__ = ["convert_dicom_studies", "convert_dicom_series"]
 
@@ -34,12 +35,10 @@ def convert_dicom_series(
     written to a hidden name beside ``out``, then moved. The caller checks the series first."""
     folder, out = Path(folder), Path(out)
     image = (loader or _loader())(str(folder))
-    tmp = out.with_name(f".{out.name[:-len('.nii.gz')] if out.name.endswith('.nii.gz') else out.name}.tmp.nii.gz")
     writer = NibabelWriter()
     writer.set_data_array(image, channel_dim=None)
     writer.set_metadata({"affine": image.affine, "original_affine": image.affine}, resample=False)
-    writer.write(str(tmp))
-    os.replace(tmp, out)  # atomic: the datastore never lists a half-written study
+    atomic_write(out, lambda tmp: writer.write(tmp), suffix=".tmp.nii.gz")  # the datastore never lists half a study
     logger.info(f"DICOM series {folder} -> {out} (shape {tuple(image.shape)})")
     return out
 

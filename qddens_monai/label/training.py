@@ -35,6 +35,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 from qddens_monai.data import DataValidationError, check_datalist
+from qddens_monai.files import atomic_write_text
 from qddens_monai.label.screening import problems_text
 
 __all__ = ["CheckedTrainTask", "TrainingRefused", "TrainStatsWriter", "check_train_request"]
@@ -123,9 +124,7 @@ class TrainStatsWriter:
         from monailabel.tasks.train.handler import prepare_stats
 
         stats = prepare_stats(self.start, engine, self.evaluator)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(stats, indent=2, default=str))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(stats, indent=2, default=str))
 
 
 class CheckedTrainTask(BundleTrainTask):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qddens_monai.files import atomic_write
 from qddens_monai.quantization.network import freeze, quantized_layers
 from qddens_monai.quantization.parametrizations import IncrementalQuantization
 from qddens_monai.quantization.quantizers import get_quantizer
@@ -166,19 +167,10 @@ def save_packed(net: nn.Module, path: PathLike, entropy_coding: bool = False) ->
         }
     ).encode("utf-8")
     header = zlib.compress(header, 9)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_PREFIX.pack(_MAGIC, PACKED_FORMAT_VERSION, len(header)))
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    path = atomic_write(
+        path,
+        lambda tmp: Path(tmp).write_bytes(_PREFIX.pack(_MAGIC, PACKED_FORMAT_VERSION, len(header)) + header + payload),
+    )
     return PackedSize(path.stat().st_size, sizes["params"], sizes["quantized"], sizes["float"])
 
 

@@ -11,6 +11,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from qddens_monai.files import atomic_write_text
 from qddens_monai.quantization.network import quantized_layers
 from qddens_monai.quantization.parametrizations import IncrementalQuantization
 
@@ -135,7 +136,5 @@ def write_quantization_report(net: nn.Module, output_dir: Union[str, os.PathLike
         ("quantization_report.json", json.dumps(report.to_dict(), indent=2)),
     )
     for name, text in files:
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
     return report
