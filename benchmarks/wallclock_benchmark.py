@@ -15,6 +15,8 @@ Tasks (data generated once, the same for every variant and seed):
 
 - ``mr2d``: MR-like 2D slices (``qddens_monai.data.phantoms``), 200 x 232 px, one organ, binary;
 - ``mr2d_3class``: the same images with the organ's outer and central zones as classes 1 and 2;
+- ``mr2d_real_split``: the binary images at the external check's split (113 training images, of which the
+  bundle holds out 23 for validation, and 38 test): about 4x the steps per epoch of ``mr2d``;
 - ``spheres3d``: 3D spheres (``write_demo_3d``, difficulty 0.7), 48^3 voxels, binary.
 
 Variants:
@@ -25,6 +27,9 @@ Variants:
 - ``lr_5e-3``: the default at the learning rate of the earlier defaults;
 - ``old_default``: the defaults before this benchmark (4 CE-Net learners 8..64, ensemble mean, 64^2 / 48^3
   crops);
+- ``include_bg``: the default with the background channel in the Dice part of the loss;
+- ``wide_meta``: one base learner 8..64 and a meta learner the size of the plain UNet (16..128, 2 residual
+  units), through ``QMENet(meta_kwargs=...)``'s per-learner ``backbone_kwargs``;
 - ``unet_same_time``: the plain UNet at the default's CPU time (and ``unet_same_epochs`` from the same run).
 
 Output in ``--out`` (default ``runs/wallclock``, gitignored): one JSON per (task, seed), written after
@@ -35,6 +40,7 @@ Usage::
 
     python benchmarks/wallclock_benchmark.py                 # 3 tasks x 3 seeds, 2 workers x 1 thread
     python benchmarks/wallclock_benchmark.py --quick         # checks the harness (1 task, 1 seed, 2 epochs)
+    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time wide_meta
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS: dict[str, dict[str, Any]] = {
     "mr2d": {"dims": 2, "num_classes": 2, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
     "mr2d_3class": {"dims": 2, "num_classes": 3, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
+    # the external check's split (about 90 training / 23 validation / 38 test slices) on the same kind of images
+    "mr2d_real_split": {"dims": 2, "num_classes": 2, "data": "mr", "num_train": 113, "num_test": 38, "difficulty": 0.6},
     "spheres3d": {
         "dims": 3,
         "num_classes": 2,
@@ -74,6 +82,15 @@ VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
     "fused_float": {"quantization": "float", "alpha": 0.0},
     "lr_5e-3": {"learning_rate": 0.005},
+    "include_bg": {"loss#seg_loss#include_background": True},
+    # one small base learner and a meta learner the size of the plain UNet (channels 16..128, 2 residual units)
+    "wide_meta": {
+        "network_def#num_learners": 2,
+        "network_def#backbone_kwargs": [
+            {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
+            {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
+        ],
+    },
     "old_default": {
         "learning_rate": 0.005,
         "network_def#backbone": "cenet",
@@ -404,6 +421,9 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("default", "old_default"),
                 ("default", "fused_float"),
                 ("default", "lr_5e-3"),
+                ("include_bg", "default"),
+                ("wide_meta", "default"),
+                ("wide_meta", "unet_same_time"),
                 ("fused_float", "unet_same_time"),
             )
         }
@@ -426,6 +446,8 @@ LABELS = {
     "default": "bundle default (4 UNet learners, meta output, quantized, lr 2e-3)",
     "fused_float": "default without quantization and diversity loss",
     "lr_5e-3": "default at lr 5e-3",
+    "include_bg": "default with the background channel in the Dice loss",
+    "wide_meta": "1 base learner 8..64 + a UNet-sized meta learner (16..128, 2 res. units)",
     "old_default": "old default (4 CE-Net learners, mean, small crops)",
     "unet_same_time": "plain MONAI UNet, same CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
@@ -515,6 +537,13 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=[*VARIANTS, "unet_same_time"],
+        choices=[*VARIANTS, "unet_same_time"],
+        help="run only these (unet_same_time needs default's CPU time: run both, or default first)",
+    )
+    ap.add_argument(
         "--docs", default=None, help="write results_wallclock.md and the figure here (default: the repo's docs/)"
     )
     ap.add_argument("--report", action="store_true", help="only rewrite the report from --out's wallclock.json")
@@ -536,19 +565,29 @@ def main() -> None:
         shutil.copytree(REPO / "bundle" / "configs", out / "bundle" / "configs")
     tasks, seeds = (["mr2d"], [0]) if args.quick else (args.tasks, args.seeds)
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
-    phases = [["default", "unet_same_time"], ["fused_float"], ["lr_5e-3"], ["old_default"]]
+    phases = [
+        ["default", "unet_same_time"],
+        ["fused_float"],
+        ["lr_5e-3"],
+        ["wide_meta"],
+        ["include_bg"],
+        ["old_default"],
+    ]
+    phases = [[v for v in phase if v in args.variants] for phase in phases]
+    phases = [phase for phase in phases if phase]
     jobs_args = [(t, s, phase) for phase in phases for s in seeds for t in tasks]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         futures = [pool.submit(run_job, t, s, str(out), args.quick, phase) for t, s, phase in jobs_args]
         for f in as_completed(futures):
             f.result()
-    jobs = [json.loads((out / "runs" / f"{t}_seed{s}.json").read_text()) for s in seeds for t in tasks]
+    # every job file in --out: earlier invocations' tasks and variants stay in the report
+    jobs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1 per job, {args.workers} workers",
         "wall_s": time.time() - t0,
         "quick": args.quick,
-        "tasks": {t: TASKS[t] for t in tasks},
+        "tasks": {t: TASKS[t] for t in TASKS if any(j["task"] == t for j in jobs)},
         "variants": {k: {str(kk): vv for kk, vv in v.items()} for k, v in VARIANTS.items()},
         "unet": UNET,
         "schedule": SCHEDULES["quick" if args.quick else "full"],

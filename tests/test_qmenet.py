@@ -124,6 +124,21 @@ def test_mixed_backbones():
     EnsembleLoss()(out, torch.randint(0, 2, (2, 1, 32, 32))).backward()
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_meta_kwargs_give_a_wider_meta_learner_that_scripts(dims):
+    small = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+    net = QMENet(dims, 1, 2, num_learners=2, backbone="unet", backbone_kwargs=small, quantization="float",
+                 output="meta", probe_size=16, meta_kwargs={"channels": [8, 16, 32], "num_res_units": 2})  # fmt: skip
+    base, meta = net.base_learners[0], net.meta_learner
+    assert sum(p.numel() for p in meta.parameters()) > 2 * sum(p.numel() for p in base.parameters())
+    x = torch.randn(1, 1, *([16] * dims))
+    out = net(x)
+    assert [t.shape for t in out["logits"]] == [(1, 2, *x.shape[2:])] * 2
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+
+
 def test_learners_with_different_levels_are_a_clear_error():
     learners = [BasicUNet(2, 1, 2, features=(4, 4, 8, 8, 16, 4)), CENet(2, 1, 2, **TINY)]
     with pytest.raises(ValueError, match=r"base learner 0 \(BasicUNet\) has levels .* meta learner \(CENet\)"):

@@ -114,6 +114,10 @@ class QMENet(nn.Module):
         dropout: dropout of the learners (where built by name) and of the fusion outputs.
         probe_size: spatial size of the zero input used once at construction to find the levels'
             shapes (default 64 in every dimension).
+        meta_kwargs: arguments that replace ``backbone_kwargs`` entries for the meta learner only, e.g.
+            ``{"channels": [16, 32, 64, 128], "num_res_units": 2}`` for a meta learner wider than the base
+            learners (``--network_def#backbone_kwargs#channels`` then still sizes the base learners).
+            Ignored when ``learners`` are given.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class QMENet(nn.Module):
         norm: Union[str, tuple] = "batch",
         dropout: float = 0.0,
         probe_size: Union[int, Sequence[int], None] = None,
+        meta_kwargs: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         if output not in ("mean", "meta"):
@@ -146,6 +151,8 @@ class QMENet(nn.Module):
                 raise ValueError(f"num_learners must be at least 2 (a base learner and the meta), got {num_learners}.")
             names = _as_list(backbone, num_learners, "backbone")
             kwargs = _as_list(backbone_kwargs, num_learners, "backbone_kwargs")
+            if meta_kwargs:  # the meta learner's own size, over the shared backbone_kwargs
+                kwargs[-1] = {**(kwargs[-1] or {}), **meta_kwargs}
             learners = [
                 self._build(n, spatial_dims, in_channels, out_channels, dropout, kw) for n, kw in zip(names, kwargs)
             ]
