@@ -39,7 +39,18 @@ def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
     result = json.loads((out / "wallclock.json").read_text())
     (job,) = result["jobs"]
     variants = job["variants"]
-    assert set(variants) == {"default", "fused_float", "lr_5e-3", "old_default", "unet_same_time", "unet_same_epochs"}
+    assert set(variants) == {
+        "default",
+        "fused_float",
+        "lr_5e-3",
+        "include_bg",
+        "wide_meta",
+        "old_default",
+        "unet_same_time",
+        "unet_same_epochs",
+    }
+    # wide_meta's meta learner has the plain UNet's size: more parameters than the default's four small learners
+    assert variants["wide_meta"]["params"] > variants["default"]["params"]
     for name, r in variants.items():
         assert 0.0 <= r["dice"] <= 1.0, name
     assert variants["default"]["output"] == "meta" and "mean_dice" in variants["default"]
