@@ -19,18 +19,18 @@ Tasks (data generated once, the same for every variant and seed):
   bundle holds out 23 for validation, and 38 test): about 4x the steps per epoch of ``mr2d``;
 - ``spheres3d``: 3D spheres (``write_demo_3d``, difficulty 0.7), 48^3 voxels, binary.
 
-Variants:
+Variants (each defined by its own overrides, so a stored result stays what its name says when the defaults move):
 
-- ``default``: the bundle as shipped;
-- ``fused_float``: the default without quantization and without the diversity loss (``--quantization float
-  --alpha 0``): what the fusion alone gives;
-- ``lr_5e-3``: the default at the learning rate of the earlier defaults;
-- ``old_default``: the defaults before this benchmark (4 CE-Net learners 8..64, ensemble mean, 64^2 / 48^3
-  crops);
-- ``include_bg``: the default with the background channel in the Dice part of the loss;
-- ``wide_meta``: one base learner 8..64 and a meta learner the size of the plain UNet (16..128, 2 residual
-  units), through ``QMENet(meta_kwargs=...)``'s per-learner ``backbone_kwargs``;
-- ``unet_same_time``: the plain UNet at the default's CPU time (and ``unet_same_epochs`` from the same run).
+- ``default``: the bundle as shipped (since 0.4.0: one 4-bit base learner 8..64 and a 16-bit meta learner the
+  size of the plain UNet, 16..128 with 2 residual units);
+- ``default_float``: the default without quantization and without the diversity loss (``--quantization float
+  --alpha 0``);
+- ``four_learners``: the 0.3.0 default (3 base learners at 4/5/6 bits and a meta learner, all UNets 8..64);
+- ``four_learners_float``, ``four_learners_lr_5e-3``, ``four_learners_include_bg``: that network float without the
+  diversity loss, at the earlier learning rate, with the background channel in the Dice loss;
+- ``old_default``: the 0.1.0 defaults (4 CE-Net learners 8..64, ensemble mean, 64^2 / 48^3 crops, lr 5e-3);
+- ``unet_same_time``: the plain UNet at the default's CPU time (and ``unet_same_epochs`` from the same run);
+  ``unet_four_learners_time``: at ``four_learners``' CPU time.
 
 Output in ``--out`` (default ``runs/wallclock``, gitignored): one JSON per (task, seed), written after
 every variant (a rerun continues where it stopped), and ``wallclock.json`` with all runs and the paired
@@ -40,7 +40,7 @@ Usage::
 
     python benchmarks/wallclock_benchmark.py                 # 3 tasks x 3 seeds, 2 workers x 1 thread
     python benchmarks/wallclock_benchmark.py --quick         # checks the harness (1 task, 1 seed, 2 epochs)
-    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time wide_meta
+    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time default_float
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -77,21 +77,18 @@ TASKS: dict[str, dict[str, Any]] = {
         "difficulty": 0.7,
     },
 }
+#: The 0.3.0 default's network: four learners of 8..64 (the meta learner sized as the base learners).
+FOUR_LEARNERS = {"network_def#num_learners": 4, "network_def#meta_kwargs": {}}
 #: Config overrides per bundle variant (``#`` paths as in MONAI configs); dims-specific ones by key 2 / 3.
 VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
-    "fused_float": {"quantization": "float", "alpha": 0.0},
-    "lr_5e-3": {"learning_rate": 0.005},
-    "include_bg": {"loss#seg_loss#include_background": True},
-    # one small base learner and a meta learner the size of the plain UNet (channels 16..128, 2 residual units)
-    "wide_meta": {
-        "network_def#num_learners": 2,
-        "network_def#backbone_kwargs": [
-            {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
-            {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
-        ],
-    },
+    "default_float": {"quantization": "float", "alpha": 0.0},
+    "four_learners": FOUR_LEARNERS,
+    "four_learners_float": {**FOUR_LEARNERS, "quantization": "float", "alpha": 0.0},
+    "four_learners_lr_5e-3": {**FOUR_LEARNERS, "learning_rate": 0.005},
+    "four_learners_include_bg": {**FOUR_LEARNERS, "loss#seg_loss#include_background": True},
     "old_default": {
+        **FOUR_LEARNERS,
         "learning_rate": 0.005,
         "network_def#backbone": "cenet",
         "network_def#backbone_kwargs": {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},
@@ -100,6 +97,8 @@ VARIANTS: dict[str, dict[Any, Any]] = {
         3: {"roi_size": [48, 48, 48], "num_samples": 2},
     },
 }
+#: The plain UNet's runs: result name -> the bundle variant whose CPU time it is given.
+UNET_BUDGETS = {"unet_same_time": "default", "unet_four_learners_time": "four_learners"}
 SCHEDULES = {"full": {"epochs": 24, "epochQ": 4}, "quick": {"epochs": 1, "epochQ": 1}}
 UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "learning_rate": 2e-3}
 
@@ -253,10 +252,10 @@ def score_bundle(bundle: Path, dims: int, over: dict[str, Any], data_json: str, 
 
 def train_unet(
     bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int, budget: float, equal_epochs: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """A plain MONAI UNet through the bundle's transforms, until ``budget`` CPU seconds.
 
-    Scored then and when it completes ``equal_epochs``."""
+    Returns its scores then, and when it completed ``equal_epochs`` (``None`` if it did not get that far)."""
     import torch
     from ignite.engine import Events
     from monai.data import CacheDataset, DataLoader
@@ -311,7 +310,7 @@ def train_unet(
         epochs=trainer.state.epoch,
         params=int(sum(p.numel() for p in net.parameters())),
     )
-    return {"unet_same_time": result, **({"unet_same_epochs": state["same_epochs"]} if "same_epochs" in state else {})}
+    return result, state.get("same_epochs")
 
 
 def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]) -> dict[str, Any]:
@@ -353,23 +352,26 @@ def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]
         print(f"[{task} seed {seed}] {variant}: dice {result['dice']:.3f} in {cpu:.0f} CPU s", flush=True)
         shutil.rmtree(run_dir / "eval" / "checkpoints", ignore_errors=True)
 
-    def run_unet() -> None:
-        run_dir = out / "work" / f"{task}_seed{seed}_unet"
+    def run_unet(name: str) -> None:
+        run_dir = out / "work" / f"{task}_seed{seed}_{name}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        over = overrides_for(task, "default", seed, data_json, run_dir, schedule)
-        budget = job["variants"]["default"]["cpu_s"]
-        job["variants"].update(train_unet(bundle, dims, over, data_json, num_classes, budget, epochs))
+        reference = UNET_BUDGETS[name]
+        over = overrides_for(task, reference, seed, data_json, run_dir, schedule)
+        budget = job["variants"][reference]["cpu_s"]
+        same_time, same_epochs = train_unet(bundle, dims, over, data_json, num_classes, budget, epochs)
+        job["variants"][name] = same_time
+        if same_epochs is not None:  # one seeded trajectory: the same at every budget
+            job["variants"].setdefault("unet_same_epochs", same_epochs)
         save()
-        r = job["variants"]["unet_same_time"]
         print(
-            f"[{task} seed {seed}] unet_same_time: dice {r['dice']:.3f} in {r['cpu_s']:.0f} CPU s, "
-            f"{r['epochs']} epochs",
+            f"[{task} seed {seed}] {name}: dice {same_time['dice']:.3f} in {same_time['cpu_s']:.0f} CPU s, "
+            f"{same_time['epochs']} epochs",
             flush=True,
         )
 
     for variant in variants:
         if variant not in job["variants"]:
-            run_unet() if variant == "unet_same_time" else run_variant(variant)
+            run_unet(variant) if variant in UNET_BUDGETS else run_variant(variant)
     return job
 
 
@@ -418,38 +420,43 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
             for a, b in (
                 ("default", "unet_same_time"),
                 ("default", "unet_same_epochs"),
-                ("default", "old_default"),
-                ("default", "fused_float"),
-                ("default", "lr_5e-3"),
-                ("include_bg", "default"),
-                ("wide_meta", "default"),
-                ("wide_meta", "unet_same_time"),
-                ("fused_float", "unet_same_time"),
+                ("default", "unet_four_learners_time"),
+                ("default", "four_learners"),
+                ("default_float", "default"),
+                ("default_float", "unet_same_time"),
+                ("four_learners", "unet_four_learners_time"),
+                ("four_learners", "old_default"),
+                ("four_learners_float", "four_learners"),
+                ("four_learners_lr_5e-3", "four_learners"),
+                ("four_learners_include_bg", "four_learners"),
             )
         }
-        meta_mean = [
-            j["variants"]["default"]["dice"] - j["variants"]["default"]["mean_dice"]
-            for j in tj
-            if "mean_dice" in j["variants"].get("default", {})
-        ]
-        if meta_mean:
-            diffs["default: meta - mean output"] = {
-                "mean": float(np.mean(meta_mean)),
-                "n": len(meta_mean),
-                "sd": float(np.std(meta_mean, ddof=1)) if len(meta_mean) > 1 else 0.0,
-            }
+        for v in ("default", "four_learners"):
+            meta_mean = [
+                j["variants"][v]["dice"] - j["variants"][v]["mean_dice"]
+                for j in tj
+                if "mean_dice" in j["variants"].get(v, {})
+            ]
+            if meta_mean:
+                diffs[f"{v}: meta - mean output"] = {
+                    "mean": float(np.mean(meta_mean)),
+                    "n": len(meta_mean),
+                    "sd": float(np.std(meta_mean, ddof=1)) if len(meta_mean) > 1 else 0.0,
+                }
         summary[task] = {"stats": stats, "paired": {k: v for k, v in diffs.items() if v}}
     return summary
 
 
 LABELS = {
-    "default": "bundle default (4 UNet learners, meta output, quantized, lr 2e-3)",
-    "fused_float": "default without quantization and diversity loss",
-    "lr_5e-3": "default at lr 5e-3",
-    "include_bg": "default with the background channel in the Dice loss",
-    "wide_meta": "1 base learner 8..64 + a UNet-sized meta learner (16..128, 2 res. units)",
-    "old_default": "old default (4 CE-Net learners, mean, small crops)",
-    "unet_same_time": "plain MONAI UNet, same CPU time",
+    "default": "bundle default (1 base 8..64 at 4 bits + meta 16..128 at 16 bits)",
+    "default_float": "default without quantization and diversity loss",
+    "four_learners": "0.3.0 default (4 UNet learners 8..64, quantized)",
+    "four_learners_float": "0.3.0 default without quantization and diversity loss",
+    "four_learners_lr_5e-3": "0.3.0 default at lr 5e-3",
+    "four_learners_include_bg": "0.3.0 default with the background channel in the Dice loss",
+    "old_default": "0.1.0 default (4 CE-Net learners, mean, small crops)",
+    "unet_same_time": "plain MONAI UNet, the default's CPU time",
+    "unet_four_learners_time": "plain MONAI UNet, the 0.3.0 default's CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
 }
 
@@ -475,7 +482,8 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
         f"({sched['epochs'] + 4 * sched['epochQ']} epochs, the external check's budget). The plain UNet "
         f"(channels {result['unet']['channels']}, {result['unet']['num_res_units']} residual units, DiceCE, Adam "
         f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the "
-        "default's CPU time (its runner start-up included); `unet_same_epochs` is the same run scored at the "
+        "CPU time of its reference: the default's (`unet_same_time`, the bundle's runner start-up included) or the "
+        "0.3.0 default's (`unet_four_learners_time`); `unet_same_epochs` is the same trajectory scored at the "
         "bundle's epoch count. "
         "Test Dice of the final weights, mean ± sd over seeds; differences paired per seed.",
         "",
@@ -539,9 +547,9 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         nargs="+",
-        default=[*VARIANTS, "unet_same_time"],
-        choices=[*VARIANTS, "unet_same_time"],
-        help="run only these (unet_same_time needs default's CPU time: run both, or default first)",
+        default=[*VARIANTS, *UNET_BUDGETS],
+        choices=[*VARIANTS, *UNET_BUDGETS],
+        help="run only these (a UNet run needs its reference variant's CPU time: run both, or that one first)",
     )
     ap.add_argument(
         "--docs", default=None, help="write results_wallclock.md and the figure here (default: the repo's docs/)"
@@ -567,10 +575,11 @@ def main() -> None:
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
     phases = [
         ["default", "unet_same_time"],
-        ["fused_float"],
-        ["lr_5e-3"],
-        ["wide_meta"],
-        ["include_bg"],
+        ["default_float"],
+        ["four_learners", "unet_four_learners_time"],
+        ["four_learners_float"],
+        ["four_learners_lr_5e-3"],
+        ["four_learners_include_bg"],
         ["old_default"],
     ]
     phases = [[v for v in phase if v in args.variants] for phase in phases]

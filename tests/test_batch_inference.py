@@ -21,7 +21,11 @@ from qddens_monai.data import write_dicom_series
 pytestmark = pytest.mark.slow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "roi_size": [16, 16, 16]}
+TINY = {
+    "network_def#backbone_kwargs#channels": [4, 8, 16, 32],
+    "network_def#meta_kwargs#channels": [4, 8, 16, 32],
+    "roi_size": [16, 16, 16],
+}
 
 
 def tiny_network(parser, tmp_path):
@@ -119,6 +123,7 @@ def _run_2d_inference(tmp_path, images, num_classes):
     parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
     tiny = {
         "network_def#backbone_kwargs#channels": [4, 8, 16, 32],
+        "network_def#meta_kwargs#channels": [4, 8, 16, 32],
         "in_channels": 1,
         "modality": "mr",
         "num_classes": num_classes,

@@ -16,7 +16,7 @@ from qddens_monai.quantization import is_quantization_complete, quantization_pro
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
-TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32]}
+TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "network_def#meta_kwargs#channels": [4, 8, 16, 32]}
 
 
 def parser_of(*names, **overrides):
@@ -136,6 +136,8 @@ def test_configured_handlers_produce_what_they_are_for(tmp_path):
         "--roi_size",
         "[32,32]",
         "--network_def#backbone_kwargs#channels",
+        "[4,8,16,32]",
+        "--network_def#meta_kwargs#channels",
         "[4,8,16,32]",
         "--portions",
         "[0.5,1.0]",

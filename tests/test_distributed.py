@@ -29,6 +29,8 @@ TINY = [
     "[32,32]",
     "--network_def#backbone_kwargs#channels",
     "[4,8,16,32]",
+    "--network_def#meta_kwargs#channels",
+    "[4,8,16,32]",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TORCHRUN = [

@@ -172,11 +172,11 @@ def test_label_bundle_and_scorer(tmp_path):
     nib.save(nib.Nifti1Image(_volume(1), np.diag([1.5, 1.5, 2.0, 1.0])), str(tmp_path / "a.nii.gz"))
     scorer = EnsembleScorer(bundle)
     probs, descriptor = scorer.members(tmp_path / "a.nii.gz")
-    assert probs.shape == (4, 2, 32, 32, 32)
+    assert probs.shape == (2, 2, 32, 32, 32)  # the bundle's K = 2 learners (one base, the meta)
     assert torch.allclose(probs.sum(1), torch.ones(()), atol=1e-5)
-    # 3 base learners x 32 channels of the deepest encoder level (UNet learners 8..64: 64 is the bottleneck),
+    # the base learner's 32 channels of the deepest encoder level (UNet 8..64: 64 is the bottleneck),
     # and the constant-image flag, 0 here
-    assert descriptor.shape == (3 * 32 + 1,) and descriptor[-1] == 0 and descriptor[:-1].abs().max() > 1e-3
+    assert descriptor.shape == (32 + 1,) and descriptor[-1] == 0 and descriptor[:-1].abs().max() > 1e-3
     score = scorer(tmp_path / "a.nii.gz")
     assert score["uncertainty"] == pytest.approx(image_uncertainty(probs)) and score["uncertainty"] > 0
     # A binary mask is all zeros after z-scoring, as an empty volume is: both get the same defined

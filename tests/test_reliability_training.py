@@ -35,6 +35,8 @@ TINY = [
     "[32,32]",
     "--network_def#backbone_kwargs#channels",
     "[4,8,16,32]",
+    "--network_def#meta_kwargs#channels",
+    "[4,8,16,32]",
 ]
 ITERATIONS_PER_EPOCH = 7  # 13 training images of the 16 (val_fraction 0.2), batch 2
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,0 +1,318 @@
+"""Is low-bit quantization a regularizer? Float against quantized networks where float over-fits.
+
+The QNT paper (Xu et al. 2018) trains FCNs with incremental 5-bit quantization to *reduce over-fitting*
+on a small training set and reports higher accuracy than float. This benchmark builds the regime where
+that could show: few training images (default 6 MR-like 2D slices, ``qddens_monai.data.phantoms``, flips
+only), a long schedule (``fp_epochs + 4 x epochs_per_step``, default 250 epochs), and the test Dice on 38
+held-out slices recorded every ``--eval_every`` epochs, so the curves show whether the float model's test
+Dice falls and whether the quantized ones hold it.
+
+Variants (the same data, seeds, epochs, Adam lr 2e-3 and lr halvings at the same epochs for all):
+
+- ``unet_float``: a plain MONAI ``UNet`` (channels 16..128, 2 residual units: the bundle default's meta
+  learner and the wall-clock benchmark's opponent);
+- ``unet_inq5``: the same network quantized at 5 bits, power-of-two weights, incremental (INQ) schedule
+  (``quantize_network(method="power_of_two", bits=5)``): the QNT setting;
+- ``qmenet``: the bundle's default ensemble network (``bundle/configs/train.json#network_def``: one 4-bit
+  base learner 8..64, a 16-bit meta learner 16..128) with its loss;
+- ``qmenet_float``: the same without quantization and without the diversity term.
+
+Every network is scored by one function: whole-slice inference, argmax, Dice of the foreground (the meta
+learner's output for QME-Net), on the test slices and on the training slices (the over-fitting gap).
+
+Output in ``--out`` (default ``runs/regularization``, gitignored): one JSON per (variant, seed) as it finishes
+(a rerun skips finished ones), ``regularization.json`` with all curves and paired differences, and with
+``--docs`` the page ``results_regularization.md`` and the figure ``images/regularization.png``.
+
+Usage::
+
+    python benchmarks/regularization_benchmark.py --docs docs     # 4 variants x 3 seeds, 2 workers x 1 thread
+    python benchmarks/regularization_benchmark.py --quick         # checks the harness (tiny data, 4 epochs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ["unet_float", "unet_inq5", "qmenet", "qmenet_float"]
+LABELS = {
+    "unet_float": "plain UNet 16..128, float",
+    "unet_inq5": "same UNet, 5-bit INQ (QNT)",
+    "qmenet": "bundle default QME-Net (4-bit base, 16-bit meta)",
+    "qmenet_float": "same QME-Net, float, no diversity term",
+}
+SETTINGS = {
+    "full": {
+        "num_train": 6,
+        "num_test": 38,
+        "shape": [200, 232],
+        "fp_epochs": 150,
+        "epochs_per_step": 25,
+        "eval_every": 10,
+    },
+    "quick": {"num_train": 2, "num_test": 2, "shape": [64, 64], "fp_epochs": 2, "epochs_per_step": 1, "eval_every": 2},
+}
+PORTIONS = [0.3, 0.6, 0.8, 1.0]
+LEARNING_RATE, LR_DECAY, BATCH_SIZE, DIFFICULTY = 2e-3, 0.5, 2, 0.6
+
+
+def load_slices(data_json: str, split: str) -> list[dict[str, Any]]:
+    """Every slice of a split as ``{"image": (1, H, W) z-scored, "label": (1, H, W)}`` float tensors."""
+    import nibabel as nib
+    import torch
+
+    root = Path(data_json).parent
+    cases = []
+    for item in json.loads(Path(data_json).read_text())[split]:
+        image = np.asarray(nib.load(str(root / item["image"])).dataobj, dtype=np.float32).squeeze()
+        label = np.asarray(nib.load(str(root / item["label"])).dataobj, dtype=np.float32).squeeze()
+        image = (image - image.mean()) / max(float(image.std()), 1e-6)
+        cases.append({"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label)[None]})
+    return cases
+
+
+def make_network(variant: str):
+    """The variant's network and its training loss."""
+    from monai.bundle import ConfigParser
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    from qddens_monai.config import load_bundle_configs
+    from qddens_monai.quantization import quantize_network
+
+    if variant.startswith("unet"):
+        net = UNet(2, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2)
+        if variant == "unet_inq5":
+            quantize_network(net, method="power_of_two", bits=5, portions=PORTIONS)
+        return net, DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    parser = ConfigParser()
+    parser.read_config(load_bundle_configs([REPO / "bundle" / "configs" / "train.json"]))
+    parser["in_channels"], parser["num_classes"], parser["portions"] = 1, 2, PORTIONS
+    if variant == "qmenet_float":
+        parser["quantization"], parser["alpha"] = "float", 0.0
+    return parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
+
+
+def dice(network, cases: list[dict[str, Any]]) -> float:
+    """Mean foreground Dice of the argmax of ``network``'s eval-mode output over whole slices."""
+    import torch
+
+    network.eval()
+    scores = []
+    with torch.no_grad():
+        for case in cases:
+            pred = network(case["image"][None]).argmax(1)[0] == 1
+            truth = case["label"][0] > 0.5
+            inter, total = float((pred & truth).sum()), float(pred.sum() + truth.sum())
+            scores.append(2 * inter / total if total else 1.0)
+    network.train()
+    return float(np.mean(scores))
+
+
+def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: Path) -> dict[str, Any]:
+    """Train one variant for one seed; record the test and training Dice every ``eval_every`` epochs."""
+    import torch
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.handlers import LrScheduleHandler
+    from monai.transforms import Compose, RandFlipd
+    from monai.utils import set_determinism
+
+    from qddens_monai.handlers import IncrementalQuantizationHandler
+    from qddens_monai.quantization import is_quantization_complete
+
+    torch.set_num_threads(1)
+    set_determinism(seed)
+    train_cases, test_cases = load_slices(data_json, "training"), load_slices(data_json, "test")
+    aug = Compose([RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in (0, 1)])
+    aug.set_random_state(seed)
+    loader = DataLoader(
+        Dataset(train_cases, aug),
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    network, loss = make_network(variant)
+    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    fp, per_step = cfg["fp_epochs"], cfg["epochs_per_step"]
+    quantized = variant in ("unet_inq5", "qmenet")
+    if quantized:  # the quantization steps come with the lr halvings
+        handler = IncrementalQuantizationHandler(
+            network, fp, per_step, optimizer=optimizer, reset_lr=True, lr_decay=LR_DECAY
+        )
+    else:  # float: the lr halvings at the same epochs
+        milestones = [fp + i * per_step for i in range(len(PORTIONS))]
+        handler = LrScheduleHandler(
+            torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, LR_DECAY), print_lr=False
+        )
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=fp + len(PORTIONS) * per_step,
+        train_data_loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss,
+        decollate=False,
+        train_handlers=[handler],
+    )
+    curve: dict[str, list] = {"epoch": [], "test_dice": [], "train_dice": []}
+
+    @trainer.on(Events.EPOCH_COMPLETED(every=cfg["eval_every"]))
+    def _score(engine) -> None:
+        curve["epoch"].append(engine.state.epoch)
+        curve["test_dice"].append(dice(network, test_cases))
+        curve["train_dice"].append(dice(network, train_cases))
+
+    t0 = time.process_time()
+    trainer.run()
+    result = {"variant": variant, "seed": seed, "cpu_s": time.process_time() - t0, **curve}
+    result["quantization_complete"] = is_quantization_complete(network) if quantized else None
+    result.update(final_test_dice=curve["test_dice"][-1], best_test_dice=max(curve["test_dice"]))
+    tmp = out_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out_file)
+    return result
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± sd over seeds of the final and best test Dice, and each variant's final Dice paired with float."""
+    out: dict[str, Any] = {}
+    for v in VARIANTS:
+        rs = [r for r in runs if r["variant"] == v]
+        if not rs:
+            continue
+        stats = {}
+        for key in ("final_test_dice", "best_test_dice", "cpu_s"):
+            x = [r[key] for r in rs]
+            stats[key] = {"mean": float(np.mean(x)), "sd": float(np.std(x, ddof=1)) if len(x) > 1 else 0.0}
+        gap = [r["train_dice"][-1] - r["test_dice"][-1] for r in rs]
+        stats["final_gap"] = {"mean": float(np.mean(gap)), "sd": float(np.std(gap, ddof=1)) if len(gap) > 1 else 0.0}
+        stats["seeds"] = len(rs)
+        out[v] = stats
+    paired = {}
+    for a, b in (("unet_inq5", "unet_float"), ("qmenet", "qmenet_float"), ("qmenet", "unet_float")):
+        d = [
+            ra["final_test_dice"] - rb["final_test_dice"]
+            for ra in runs
+            for rb in runs
+            if ra["variant"] == a and rb["variant"] == b and ra["seed"] == rb["seed"]
+        ]
+        if d:
+            paired[f"{a} - {b}"] = {
+                "mean": float(np.mean(d)),
+                "sd": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0,
+                "n": len(d),
+            }
+    return {"stats": out, "paired": paired}
+
+
+def write_report(result: dict[str, Any], docs: Path) -> Path:
+    """``results_regularization.md`` and ``images/regularization.png`` from the benchmark's JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (docs / "images").mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(1, 1, figsize=(7, 4))
+    for v in VARIANTS:
+        rs = [r for r in result["runs"] if r["variant"] == v]
+        if rs:
+            test = np.array([r["test_dice"] for r in rs])
+            ax.plot(rs[0]["epoch"], test.mean(0), label=LABELS[v])
+            ax.fill_between(rs[0]["epoch"], test.min(0), test.max(0), alpha=0.15)
+    cfg = result["setting"]
+    for e in [cfg["fp_epochs"] + i * cfg["epochs_per_step"] for i in range(len(PORTIONS))]:
+        ax.axvline(e, color="grey", lw=0.5, ls=":")
+    ax.set(xlabel="epoch", ylabel="test Dice (mean, min-max over seeds)", title="few training slices, long schedule")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(docs / "images" / "regularization.png", dpi=100)
+    plt.close(fig)
+
+    s = result["summary"]
+    lines = [
+        "# Is low-bit quantization a regularizer?",
+        "",
+        f"Generated by `benchmarks/regularization_benchmark.py` ({result['machine']}). "
+        f"{cfg['num_train']} MR-like 2D training slices ({cfg['shape'][0]} x {cfg['shape'][1]}), "
+        f"{cfg['num_test']} test slices, {cfg['fp_epochs']} float epochs + {len(PORTIONS)} x {cfg['epochs_per_step']} "
+        "(quantization steps or, for float variants, the same lr halvings); Adam 2e-3; test Dice of the "
+        "foreground on whole slices. Mean ± sd over seeds; differences paired per seed.",
+        "",
+        "| variant | final test Dice | best test Dice on the way | train − test Dice at the end | CPU s | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v, st in s["stats"].items():
+        cells = [f"{st[k]['mean']:.3f} ± {st[k]['sd']:.3f}" for k in ("final_test_dice", "best_test_dice", "final_gap")]
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + f" | {st['cpu_s']['mean']:.0f} | {st['seeds']} |")
+    lines += ["", "| paired difference (final test Dice) | mean ± sd | seeds |", "|---|---|---|"]
+    for k, d in s["paired"].items():
+        lines.append(f"| {k} | {d['mean']:+.3f} ± {d['sd']:.3f} | {d['n']} |")
+    lines += ["", "![test Dice over epochs](images/regularization.png)", ""]
+    page = docs / "results_regularization.md"
+    page.write_text("\n".join(lines))
+    return page
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(REPO / "runs" / "regularization"))
+    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="tiny data and 4 epochs: checks the harness only")
+    ap.add_argument("--docs", default=None, help="write results_regularization.md and the figure here")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cfg = SETTINGS["quick" if args.quick else "full"]
+    out = Path(args.out).resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    from qddens_monai.data import write_demo_mr_2d
+
+    data = out / f"data_{cfg['num_train']}_{cfg['num_test']}_{cfg['shape'][0]}x{cfg['shape'][1]}"
+    if not (data / "dataset.json").is_file():
+        write_demo_mr_2d(data, cfg["num_train"], cfg["num_test"], shape=cfg["shape"], difficulty=DIFFICULTY, seed=0)
+    data_json = str(data / "dataset.json")
+    t0 = time.time()
+    jobs = [(v, s) for s in args.seeds for v in args.variants if not (out / "runs" / f"{v}_seed{s}.json").is_file()]
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        futures = {pool.submit(run, v, s, data_json, cfg, out / "runs" / f"{v}_seed{s}.json"): (v, s) for v, s in jobs}
+        for f in as_completed(futures):
+            r = f.result()
+            print(
+                f"{r['variant']} seed {r['seed']}: final test Dice {r['final_test_dice']:.3f} in {r['cpu_s']:.0f} CPU s"
+            )
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    result = {
+        "machine": f"{os.cpu_count()} cores, 1 torch thread per job, {args.workers} workers",
+        "wall_s": time.time() - t0,
+        "setting": cfg,
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    (out / "regularization.json").write_text(json.dumps(result, indent=1))
+    if args.docs:
+        print(f"wrote {write_report(result, Path(args.docs))}")
+    for v, st in result["summary"]["stats"].items():
+        print(
+            f"  {v:14s} final {st['final_test_dice']['mean']:.3f} ± {st['final_test_dice']['sd']:.3f}"
+            f"  best {st['best_test_dice']['mean']:.3f}  gap {st['final_gap']['mean']:+.3f}"
+        )
+    for k, d in result["summary"]["paired"].items():
+        print(f"  {k:26s} {d['mean']:+.3f} ± {d['sd']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
