@@ -391,7 +391,7 @@ def readme_section(payload: dict, summary_text: str = "") -> str:
 
 def per_seed(payload: dict) -> str:
     lines = [
-        "| data | seed | " + " | ".join(n.split("_")[0] if False else n for n in payload["variants"]) + " |",
+        "| data | seed | " + " | ".join(payload["variants"]) + " |",
         "|---|---|" + "---|" * len(payload["variants"]),
     ]
     for run in payload["runs"]:

@@ -564,7 +564,8 @@ def main() -> None:
         result = {**previous, "jobs": jobs, "summary": summarize(jobs)}
         result.setdefault("machine", f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread per job")
         result.setdefault("wall_s", float("nan"))
-        result.update(tasks=TASKS, unet=UNET, schedule=SCHEDULES["full"])
+        variants = {k: {str(kk): vv for kk, vv in v.items()} for k, v in VARIANTS.items()}
+        result.update(tasks=TASKS, variants=variants, unet=UNET, schedule=SCHEDULES["full"])
         (out / "wallclock.json").write_text(json.dumps(result, indent=1))
         print(f"wrote {write_report(result, docs)}")
         return

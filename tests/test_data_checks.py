@@ -205,3 +205,12 @@ def test_missing_label_only_when_required(volumes):
     check_datalist([{"image": image}])
     error = problems_of([{"image": image}], require_label=True)
     assert error.problems == [("datalist entry 0", "has no 'label' key (keys: ['image'])")]
+
+
+def test_the_error_survives_pickling_with_its_problems():
+    # it crosses process boundaries (DataLoader workers, torchrun ranks): rebuilt from its problems, not its text
+    import pickle
+
+    error = DataValidationError([("a.nii.gz", "label values [7] do not fit num_classes=2")], header="1 bad file:")
+    again = pickle.loads(pickle.dumps(error))
+    assert again.problems == error.problems and str(again) == str(error) and again.header == "1 bad file:"

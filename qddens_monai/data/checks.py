@@ -43,9 +43,14 @@ class DataValidationError(ValueError):
     """A datalist with unusable entries; ``problems`` lists ``(file or entry, what is wrong)``."""
 
     def __init__(self, problems: Sequence[tuple[str, str]], header: str | None = None) -> None:  # noqa: B042
-        self.problems = list(problems)
+        self.problems = [(str(where), str(what)) for where, what in problems]
+        self.header = header
         lines = "\n".join(f"  {where}: {what}" for where, what in self.problems)
         super().__init__(f"{header or f'{len(self.problems)} problem(s) in the data:'}\n{lines}")
+
+    def __reduce__(self):
+        # rebuilt from its arguments, not from the message (B042 above): it crosses process boundaries
+        return type(self), (self.problems, self.header)
 
 
 class _Problem(Exception):

@@ -144,7 +144,7 @@ class CheckedTrainTask(BundleTrainTask):
     def config(self) -> dict[str, Any]:
         config = super().config()
         config["max_epochs"] = self.schedule_epochs  # the bundle's schedule, quantization steps included
-        for key in ("tracking", "tracking_uri", "tracking_experiment_name"):
+        for key in _DROPPED:
             config.pop(key, None)
         return config
 
