@@ -296,7 +296,7 @@ def main() -> None:
             )
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     result = {
-        "machine": f"{os.cpu_count()} cores, 1 torch thread per job, {args.workers} workers",
+        "machine": f"{os.cpu_count()} cores, 1 torch thread per job, {args.workers} worker process(es)",
         "wall_s": time.time() - t0,
         "setting": cfg,
         "runs": runs,
