@@ -3,7 +3,7 @@
 1. Sizes of the ensemble's weights: float32 state dict (``torch.save`` of the frozen network),
    packed at the trained bit widths (fixed width), packed with entropy coding (LZMA), and the
    float32 state dict zipped (deflate), each as a ratio float32 / that. Two ensembles:
-   - the shipped bundle model (``qme_net`` preset: base learners 4/5/6 bits, meta learner 16);
+   - the shipped bundle model (``qme_net`` preset: base learners at 4/5/6 bits in order, meta learner 16);
    - the same trained weights re-quantized at the ``qdd_ens`` 5-bit preset (every learner at 5
      bits, quantization schedule run to the end without retraining: a size figure only);
    - the same with the fusion blocks' convolutions also quantized at 5 bits (the presets keep
@@ -14,7 +14,7 @@
    latency does not depend on them): eager PyTorch (frozen), TorchScript (traced, and scripted as the
    Model Zoo's ``ckpt_export`` does), ONNX Runtime
    float and ONNX Runtime int8 (static QDQ, calibrated on patches of the input data), and the
-   distilled student's architecture (one CE-Net) eager. The methods are run round-robin after a
+   distilled student's architecture (``inference_student.json``) eager. The methods are run round-robin after a
    warm-up round, medians compared; all ratios are eager ensemble / method.
    Targets: student >= (K - 1)x faster than the ensemble; ONNX Runtime int8 >= 1.5x faster than
    eager float with Dice (vs the label, 2D demo test images) within 0.01 of eager float's.

@@ -517,18 +517,21 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
             sd = f" ± {d['sd']:.3f}" if d.get("n", 0) > 1 else ""
             lines.append(f"| {k} | {d['mean']:+.3f}{sd} | {d.get('n', '')} |")
         lines.append("")
-    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4.6), squeeze=False)
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(order)}  # one colour per variant, every panel
     for ax, task in zip(axes[0], summary):
         for v in order:
             runs = [j["variants"][v] for j in jobs if j["task"] == task and v in j["variants"]]
             if runs:
-                ax.scatter([r.get("cpu_s", np.nan) for r in runs], [r["dice"] for r in runs], label=LABELS[v], s=30)
+                x = [r.get("cpu_s", np.nan) for r in runs]
+                ax.scatter(x, [r["dice"] for r in runs], label=LABELS[v], s=30, color=colours[v])
         ax.set_title(task)
         ax.set_xlabel("training CPU seconds (1 thread)")
         ax.set_ylabel("test Dice")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.collections}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     (docs / "images").mkdir(parents=True, exist_ok=True)
     fig.savefig(docs / "images" / "wallclock.png", dpi=90)
     lines += ["![Dice against CPU time](images/wallclock.png)", ""]
