@@ -90,6 +90,17 @@ def server(tmp_path_factory):
         srv.stop()
 
 
+def _wait_until_scored(client, timeout: float = 180.0) -> None:
+    """Until the server's background scoring round is over: it writes descriptors into the app folder itself."""
+    deadline = time.monotonic() + timeout
+    while True:  # a round that has not started yet reports running False too: wait for every good study scored
+        progress = client.info()["scoring_progress"]
+        if not progress["running"] and progress["done"] == progress["total"] >= len(GOOD):
+            return
+        assert time.monotonic() < deadline, f"background scoring not finished after {timeout:.0f} s: {progress}"
+        time.sleep(1)
+
+
 def _label(path: Path, data=None, affine=AFFINE, raw=None) -> str:
     if raw is not None:
         path.write_bytes(raw)
@@ -104,6 +115,7 @@ def test_ids_and_tags_confined(server):
     outside = tmp / "outside"
     outside.mkdir()
     label = _label(tmp / "ok_label.nii.gz", (np.random.rand(32, 32, 32) > 0.5).astype(np.uint8))
+    _wait_until_scored(client)  # the server's own descriptor files are not what this test is about
     before_tmp, before_app = _tree(tmp), _tree(tmp / "app")
     calls = {
         "tag ../": (client.save_label, "good0", label, "../../x"),
