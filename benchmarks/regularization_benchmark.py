@@ -35,12 +35,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_benchmark import schedule_handler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["unet_float", "unet_inq5", "qmenet", "qmenet_float"]
@@ -103,19 +107,21 @@ def make_network(variant: str):
 
 
 def dice(network, cases: list[dict[str, Any]]) -> float:
-    """Mean foreground Dice of the argmax of ``network``'s eval-mode output over whole slices."""
+    """Mean foreground Dice (:func:`~qddens_monai.evaluation.segmentation_metrics`, argmax) over whole slices."""
     import torch
+
+    from qddens_monai.evaluation import segmentation_metrics
+    from qddens_monai.evaluation.metrics import label_one_hot
 
     network.eval()
     scores = []
     with torch.no_grad():
         for case in cases:
-            pred = network(case["image"][None]).argmax(1)[0] == 1
-            truth = case["label"][0] > 0.5
-            inter, total = float((pred & truth).sum()), float(pred.sum() + truth.sum())
-            scores.append(2 * inter / total if total else 1.0)
+            prob = torch.softmax(network(case["image"][None])[0], 0)
+            truth = label_one_hot(case["label"], 2, "softmax")
+            scores.append(segmentation_metrics(prob, truth, metrics=("dice",))["dice"])
     network.train()
-    return float(np.mean(scores))
+    return float(np.nanmean(scores))
 
 
 def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: Path) -> dict[str, Any]:
@@ -124,11 +130,10 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedTrainer
-    from monai.handlers import LrScheduleHandler
     from monai.transforms import Compose, RandFlipd
     from monai.utils import set_determinism
 
-    from qddens_monai.handlers import IncrementalQuantizationHandler
+    from qddens_monai.files import atomic_write_text
     from qddens_monai.quantization import is_quantization_complete
 
     torch.set_num_threads(1)
@@ -147,15 +152,7 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=LEARNING_RATE)
     fp, per_step = cfg["fp_epochs"], cfg["epochs_per_step"]
     quantized = variant in ("unet_inq5", "qmenet")
-    if quantized:  # the quantization steps come with the lr halvings
-        handler = IncrementalQuantizationHandler(
-            network, fp, per_step, optimizer=optimizer, reset_lr=True, lr_decay=LR_DECAY
-        )
-    else:  # float: the lr halvings at the same epochs
-        milestones = [fp + i * per_step for i in range(len(PORTIONS))]
-        handler = LrScheduleHandler(
-            torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, LR_DECAY), print_lr=False
-        )
+    handler = schedule_handler(network, optimizer, fp, per_step, len(PORTIONS), quantized, LR_DECAY)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=fp + len(PORTIONS) * per_step,
@@ -179,10 +176,12 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     result = {"variant": variant, "seed": seed, "cpu_s": time.process_time() - t0, **curve}
     result["quantization_complete"] = is_quantization_complete(network) if quantized else None
     result.update(final_test_dice=curve["test_dice"][-1], best_test_dice=max(curve["test_dice"]))
-    tmp = out_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out_file)
+    atomic_write_text(out_file, json.dumps(result, indent=1))
     return result
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,16 +189,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for v in VARIANTS:
         rs = [r for r in runs if r["variant"] == v]
-        if not rs:
-            continue
-        stats = {}
-        for key in ("final_test_dice", "best_test_dice", "cpu_s"):
-            x = [r[key] for r in rs]
-            stats[key] = {"mean": float(np.mean(x)), "sd": float(np.std(x, ddof=1)) if len(x) > 1 else 0.0}
-        gap = [r["train_dice"][-1] - r["test_dice"][-1] for r in rs]
-        stats["final_gap"] = {"mean": float(np.mean(gap)), "sd": float(np.std(gap, ddof=1)) if len(gap) > 1 else 0.0}
-        stats["seeds"] = len(rs)
-        out[v] = stats
+        if rs:
+            out[v] = {key: _mean_sd([r[key] for r in rs]) for key in ("final_test_dice", "best_test_dice", "cpu_s")}
+            out[v]["final_gap"] = _mean_sd([r["train_dice"][-1] - r["test_dice"][-1] for r in rs])
+            out[v]["seeds"] = len(rs)
     paired = {}
     for a, b in (("unet_inq5", "unet_float"), ("qmenet", "qmenet_float"), ("qmenet", "unet_float")):
         d = [
@@ -209,11 +202,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if ra["variant"] == a and rb["variant"] == b and ra["seed"] == rb["seed"]
         ]
         if d:
-            paired[f"{a} - {b}"] = {
-                "mean": float(np.mean(d)),
-                "sd": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0,
-                "n": len(d),
-            }
+            paired[f"{a} - {b}"] = {**_mean_sd(d), "n": len(d)}
     return {"stats": out, "paired": paired}
 
 

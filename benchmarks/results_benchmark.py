@@ -243,31 +243,36 @@ def seg_loss():
 # ----------------------------------------------------------------------------------------------- training
 
 
+def schedule_handler(
+    network, optimizer, fp_epochs: int, epochs_per_step: int, steps: int, quantized: bool, lr_decay: float
+):
+    """The trainer handler of the incremental schedule: quantization steps with lr resets and decays for a
+    quantized network, or for a float one the same lr decays at the same epochs (like with like)."""
+    import torch
+    from monai.handlers import LrScheduleHandler
+
+    from qddens_monai.handlers import IncrementalQuantizationHandler
+
+    if quantized:  # the quantization steps come with the lr halvings
+        return IncrementalQuantizationHandler(
+            network, fp_epochs, epochs_per_step, optimizer=optimizer, reset_lr=True, lr_decay=lr_decay
+        )
+    milestones = [fp_epochs + i * epochs_per_step for i in range(steps)]
+    return LrScheduleHandler(torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, lr_decay), print_lr=False)
+
+
 def train(network, loss, loader, cfg: dict[str, Any], quantized: bool) -> float:
     """Train with MONAI's SupervisedTrainer; the same epochs and lr halvings for every variant. Returns seconds."""
     import torch
     from monai.engines import SupervisedTrainer
-    from monai.handlers import LrScheduleHandler
-
-    from qddens_monai.handlers import IncrementalQuantizationHandler
 
     trainable = [p for p in network.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=COMMON["learning_rate"])
     steps = len(cfg["portions"])
     epochs = cfg["fp_epochs"] + steps * cfg["epochs_per_step"]
-    if quantized:  # the quantization steps come with the lr halvings
-        handler = IncrementalQuantizationHandler(
-            network,
-            cfg["fp_epochs"],
-            cfg["epochs_per_step"],
-            optimizer=opt,
-            reset_lr=True,
-            lr_decay=COMMON["lr_decay_per_step"],
-        )
-    else:  # float variants: the lr halvings at the same epochs
-        milestones = [cfg["fp_epochs"] + i * cfg["epochs_per_step"] for i in range(steps)]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=COMMON["lr_decay_per_step"])
-        handler = LrScheduleHandler(sched, print_lr=False)
+    handler = schedule_handler(
+        network, opt, cfg["fp_epochs"], cfg["epochs_per_step"], steps, quantized, COMMON["lr_decay_per_step"]
+    )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=epochs,

@@ -382,7 +382,7 @@ def paired(jobs: list[dict], task: str, a: str, b: str, key: str = "dice") -> di
         for j in jobs
         if j["task"] == task and a in j["variants"] and b in j["variants"]
     ]
-    return {"mean": float(np.mean(d)), "sd": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0, "n": len(d)} if d else {}
+    return {**_mean_sd(d), "n": len(d)} if d else {}
 
 
 def _mean_sd(values: list[float]) -> dict[str, float]:
@@ -438,11 +438,7 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 if "mean_dice" in j["variants"].get(v, {})
             ]
             if meta_mean:
-                diffs[f"{v}: meta - mean output"] = {
-                    "mean": float(np.mean(meta_mean)),
-                    "n": len(meta_mean),
-                    "sd": float(np.std(meta_mean, ddof=1)) if len(meta_mean) > 1 else 0.0,
-                }
+                diffs[f"{v}: meta - mean output"] = {**_mean_sd(meta_mean), "n": len(meta_mean)}
         summary[task] = {"stats": stats, "paired": {k: v for k, v in diffs.items() if v}}
     return summary
 
