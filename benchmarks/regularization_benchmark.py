@@ -238,7 +238,8 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
         f"{cfg['num_train']} MR-like 2D training slices ({cfg['shape'][0]} x {cfg['shape'][1]}), "
         f"{cfg['num_test']} test slices, {cfg['fp_epochs']} float epochs + {len(PORTIONS)} x {cfg['epochs_per_step']} "
         "(quantization steps or, for float variants, the same lr halvings); Adam 2e-3; test Dice of the "
-        "foreground on whole slices. Mean ± sd over seeds; differences paired per seed.",
+        "foreground on whole slices. CPU s: training and the scoring every "
+        f"{cfg['eval_every']} epochs. Mean ± sd over seeds; differences paired per seed.",
         "",
         "| variant | final test Dice | best test Dice on the way | train − test Dice at the end | CPU s | seeds |",
         "|---|---|---|---|---|---|",
