@@ -79,6 +79,8 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 #: The 0.3.0 default's network: four learners of 8..64 (the meta learner sized as the base learners).
 FOUR_LEARNERS = {"network_def#num_learners": 4, "network_def#meta_kwargs": {}}
+#: The default with a cheaper step: base learner without residual units, fusion at the encoder and bottleneck only.
+LEAN = {"network_def#backbone_kwargs#num_res_units": 0, "network_def#fusion_roles": ["encoder", "bottleneck"]}
 #: Config overrides per bundle variant (``#`` paths as in MONAI configs); dims-specific ones by key 2 / 3.
 VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
@@ -96,9 +98,17 @@ VARIANTS: dict[str, dict[Any, Any]] = {
         2: {"roi_size": [64, 64], "num_samples": 4},
         3: {"roi_size": [48, 48, 48], "num_samples": 2},
     },
+    # a cheaper ensemble step: a plain-conv base learner (no residual units), fused on the encoder side only
+    "lean": LEAN,
+    "lean_base4": {**LEAN, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
 }
 #: The plain UNet's runs: result name -> the bundle variant whose CPU time it is given.
-UNET_BUDGETS = {"unet_same_time": "default", "unet_four_learners_time": "four_learners"}
+UNET_BUDGETS = {
+    "unet_same_time": "default",
+    "unet_four_learners_time": "four_learners",
+    "unet_lean_time": "lean",
+    "unet_lean_base4_time": "lean_base4",
+}
 SCHEDULES = {"full": {"epochs": 24, "epochQ": 4}, "quick": {"epochs": 1, "epochQ": 1}}
 UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "learning_rate": 2e-3}
 
@@ -429,9 +439,15 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("four_learners_float", "four_learners"),
                 ("four_learners_lr_5e-3", "four_learners"),
                 ("four_learners_include_bg", "four_learners"),
+                ("lean", "unet_lean_time"),
+                ("lean", "unet_same_epochs"),
+                ("lean", "default"),
+                ("lean_base4", "unet_lean_base4_time"),
+                ("lean_base4", "unet_same_epochs"),
+                ("lean_base4", "lean"),
             )
         }
-        for v in ("default", "four_learners"):
+        for v in ("default", "four_learners", "lean", "lean_base4"):
             meta_mean = [
                 j["variants"][v]["dice"] - j["variants"][v]["mean_dice"]
                 for j in tj
@@ -451,8 +467,12 @@ LABELS = {
     "four_learners_lr_5e-3": "0.3.0 default at lr 5e-3",
     "four_learners_include_bg": "0.3.0 default with the background channel in the Dice loss",
     "old_default": "0.1.0 default (4 CE-Net learners, mean, small crops)",
+    "lean": "default with a cheaper step (plain-conv base learner, encoder-side fusion)",
+    "lean_base4": "lean with a base learner of 4..32 channels",
     "unet_same_time": "plain MONAI UNet, the default's CPU time",
     "unet_four_learners_time": "plain MONAI UNet, the 0.3.0 default's CPU time",
+    "unet_lean_time": "plain MONAI UNet, lean's CPU time",
+    "unet_lean_base4_time": "plain MONAI UNet, lean_base4's CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
 }
 
@@ -581,6 +601,8 @@ def main() -> None:
         ["four_learners_lr_5e-3"],
         ["four_learners_include_bg"],
         ["old_default"],
+        ["lean", "unet_lean_time"],
+        ["lean_base4", "unet_lean_base4_time"],
     ]
     phases = [[v for v in phase if v in args.variants] for phase in phases]
     phases = [phase for phase in phases if phase]

@@ -132,6 +132,8 @@ def test_train_resume_evaluate_infer_2d(trained_2d):
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
     # every member of the default's K = 2 learners, and their mean
     assert set(summary["summary"]) >= {"ensemble", "meta", "base_0"} and "base_1" not in summary["summary"]
+    # the key metric is the Dice of the output the network gives (the meta learner's by default)
+    assert summary["key_metric"]["name"] == "mean_dice" and summary["key_metric"]["column"] == "meta/dice"
     assert (root / "eval" / "metrics_per_image.csv").read_text().count("\n") == 1 + 4  # header + 4 test images
 
     run_bundle("run", ["inference.json"], root)

@@ -105,6 +105,36 @@ def test_ncl_bounds_and_hand_value():
         assert 0.0 <= value <= 1.0
 
 
+def test_ambiguity_on_probabilities_hand_values():
+    # two base learners, softmax over 2 classes at every voxel: p = (1, 0) and (0, 1) -> mean (0.5, 0.5),
+    # per learner ||p_k - mean||^2 = 0.5, so (1/K) sum_k = 0.5; the meta learner's logits are not compared
+    big = torch.full((1, 1, 2, 2), 50.0)
+    a, b = torch.cat([big, -big], 1), torch.cat([-big, big], 1)
+    div = DeepDiversityLoss(form="ambiguity", inputs="probabilities")
+    assert div({"logits": [a, b, a]}).item() == pytest.approx(0.5, abs=1e-6)
+    assert div({"logits": [a, a.clone(), b]}).item() == pytest.approx(0.0, abs=1e-6)
+    assert div({"logits": [a, b]}).item() == 0.0  # one base learner: no pair
+    sig = DeepDiversityLoss(form="ambiguity", inputs="probabilities", activation="sigmoid")
+    assert sig({"logits": [big, -big, big]}).item() == pytest.approx(0.25, abs=1e-6)  # (1 - 0.5)^2
+    with pytest.raises(ValueError, match="logits"):
+        div([[a], [b]])
+    with pytest.raises(ValueError, match="inputs"):
+        DeepDiversityLoss(inputs="logits")
+
+
+def test_ensemble_loss_with_output_diversity_needs_no_features():
+    out = _ensemble_output()
+    del out["features"]
+    y = torch.randint(0, 3, (2, 1, 6, 6))
+    loss_fn = EnsembleLoss(alpha=1.0, diversity=DeepDiversityLoss(form="ambiguity", inputs="probabilities"))
+    loss = loss_fn(out, y)
+    loss.backward()
+    parts = loss_fn.last_parts
+    assert set(parts) >= {"diversity", "diversity/output"} and parts["diversity"].item() > 0
+    assert parts["total"].item() == pytest.approx(parts["seg"].item() - parts["diversity"].item(), rel=1e-5)
+    assert all(x.grad is not None for x in out["logits"][:-1])
+
+
 def _five_levels(learners: int = 2):
     """Level 2 (bottleneck) differs wildly between learners, the others are identical."""
     shapes = [(1, 2, 8, 8), (1, 4, 4, 4), (1, 8, 2, 2), (1, 4, 4, 4), (1, 2, 8, 8)]

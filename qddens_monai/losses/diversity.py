@@ -27,7 +27,9 @@ __all__ = ["DeepDiversityLoss", "FeatureInput"]
 #: under ``"features"`` and optionally ``"roles"``).
 FeatureInput = Union[Sequence[Sequence[torch.Tensor]], EnsembleOutput, Mapping[str, Any]]
 
-_FORMS = ("faithful", "cosine", "ncl")
+_FORMS = ("faithful", "cosine", "ncl", "ambiguity")
+_INPUTS = ("features", "probabilities")
+_ACTIVATIONS = ("softmax", "sigmoid")
 _LEVEL_REDUCTIONS = ("sum", "mean")
 _CHANNEL_REDUCTIONS = ("auto", "none", "mean")
 _CHANNEL_NORMS = (None, "center", "standardize")
@@ -70,6 +72,14 @@ class DeepDiversityLoss(_Loss):
       voxel), averaged over batch and voxels; in ``[0, 1]`` (``0`` = identical, ``1`` for features cancelling
       out, at most ``1 - 1/K`` for non-negative features, reached where one learner alone is active).
       Equals ``(1/K) sum_{i<j} ||f_i - f_j||^2`` over the energy, so it is also a pairwise measure.
+    - ``"ambiguity"``: the ambiguity term of negative correlation learning (Liu & Yao 1999) unnormalised:
+      ``(1/K) sum_k ||f_k - f_mean||^2`` per voxel, averaged over batch and voxels. Bounded (at most ``2``) on
+      probabilities, the input it is meant for (``inputs="probabilities"``); unbounded on features.
+
+    ``inputs="probabilities"`` measures the base learners' *outputs* instead of their features: their
+    probabilities (``activation`` of ``pred["logits"][:-1]``) form one level with role ``"output"``, and
+    ``levels`` is ignored. ``form="ambiguity"`` on probabilities is negative correlation learning's penalty as the
+    ensemble literature uses it; the features' forms stay as the QME-Net / D2ED2Q papers define them.
 
     Learners whose channel counts differ at a level (heterogeneous ensembles) cannot be compared element-wise;
     with ``channel_reduction="auto"`` all learners' maps at that level are then replaced by their channel-mean
@@ -94,11 +104,13 @@ class DeepDiversityLoss(_Loss):
         max_rms: float | None = 4.0,
         saturation: str = "cubic",
         eps: float = 1e-8,
+        inputs: str = "features",
+        activation: str = "softmax",
     ) -> None:
         """
         Args:
-            form: {``"faithful"``, ``"cosine"``, ``"ncl"``} the per-level diversity measure, see the class
-                docstring. Defaults to ``"faithful"``.
+            form: {``"faithful"``, ``"cosine"``, ``"ncl"``, ``"ambiguity"``} the per-level diversity measure, see
+                the class docstring. Defaults to ``"faithful"``.
             levels: which levels to use, either level indices (negative indices count from the deepest level)
                 or level roles (e.g. ``("encoder", "decoder")``, matched against the ``roles`` passed with the
                 features). ``None`` (default) selects the ``"encoder"`` and ``"decoder"`` levels when roles are
@@ -128,6 +140,11 @@ class DeepDiversityLoss(_Loss):
                 ``min(d, cap)``.
             eps: small constant: added inside the square root of the faithful form (``1e-8`` in the public code)
                 and to the denominators of the other forms and of ``"standardize"``. Defaults to ``1e-8``.
+            inputs: {``"features"``, ``"probabilities"``} what is compared: the base learners' level features
+                (default, the papers' deep diversity) or their output probabilities (one level, role
+                ``"output"``; needs the ensemble output dict with ``"logits"``).
+            activation: {``"softmax"``, ``"sigmoid"``} how ``inputs="probabilities"`` turns logits into
+                probabilities. Defaults to ``"softmax"``.
 
         Raises:
             ValueError: when an option is not one of the listed values, or ``max_rms`` is not positive.
@@ -140,6 +157,8 @@ class DeepDiversityLoss(_Loss):
             ("channel_reduction", channel_reduction, _CHANNEL_REDUCTIONS),
             ("channel_norm", channel_norm, _CHANNEL_NORMS),
             ("saturation", saturation, _SATURATIONS),
+            ("inputs", inputs, _INPUTS),
+            ("activation", activation, _ACTIVATIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
@@ -155,6 +174,19 @@ class DeepDiversityLoss(_Loss):
         self.max_rms = max_rms
         self.saturation = saturation
         self.eps = eps
+        self.inputs = inputs
+        self.activation = activation
+
+    def output_level(self, pred: FeatureInput) -> tuple[list[list[torch.Tensor]], list[str]]:
+        """The base learners' probabilities as one level (role ``"output"``), from the ensemble output dict.
+
+        Raises:
+            ValueError: when ``pred`` is not the ensemble's output dict with ``"logits"``.
+        """
+        if not isinstance(pred, Mapping) or "logits" not in pred:
+            raise ValueError("inputs='probabilities' needs the ensemble's train-mode output dict with 'logits'.")
+        act = torch.softmax if self.activation == "softmax" else (lambda x, dim: torch.sigmoid(x))
+        return [[act(logits.float(), dim=1)] for logits in list(pred["logits"])[:-1]], ["output"]
 
     @staticmethod
     def unpack(
@@ -265,11 +297,18 @@ class DeepDiversityLoss(_Loss):
             values.append((1.0 - cos).mean())
         return torch.stack(values).mean()
 
+    @staticmethod
+    def _spread(stacked: torch.Tensor) -> torch.Tensor:
+        """``sum_k ||f_k - f_mean||^2`` per voxel (norm over channels) of stacked maps (K, B, C, *S): (B, *S)."""
+        return (stacked - stacked.mean(dim=0, keepdim=True)).pow(2).sum(dim=(0, 2))
+
     def _ncl(self, maps: list[torch.Tensor]) -> torch.Tensor:
         stacked = torch.stack(maps)  # (K, B, C, *spatial)
-        spread = (stacked - stacked.mean(dim=0, keepdim=True)).pow(2).sum(dim=(0, 2))  # (B, *spatial)
         energy = stacked.pow(2).sum(dim=(0, 2))
-        return (spread / (energy + self.eps)).mean()
+        return (self._spread(stacked) / (energy + self.eps)).mean()
+
+    def _ambiguity(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        return self._spread(torch.stack(maps)).mean() / len(maps)
 
     def per_level(
         self, features: FeatureInput, roles: Sequence[str] | None = None, levels: Sequence[int] | None = None
@@ -290,12 +329,17 @@ class DeepDiversityLoss(_Loss):
             dict mapping level index to a scalar tensor; values are ``0`` with fewer than two learners.
 
         """
-        per_learner, roles = self.unpack(features, roles)
+        if self.inputs == "probabilities":
+            per_learner, roles = self.output_level(features)
+            levels = [0]
+        else:
+            per_learner, roles = self.unpack(features, roles)
         if not per_learner or not per_learner[0]:
             raise ValueError("no features given.")
         num_levels = len(per_learner[0])
         indices = self.select_levels(num_levels, roles) if levels is None else [int(i) % num_levels for i in levels]
-        measure = {"faithful": self._faithful, "cosine": self._cosine, "ncl": self._ncl}[self.form]
+        measures = {"faithful": self._faithful, "cosine": self._cosine, "ncl": self._ncl, "ambiguity": self._ambiguity}
+        measure = measures[self.form]
         out: dict[int, torch.Tensor] = {}
         for level in indices:
             maps = [learner[level] for learner in per_learner]

@@ -39,9 +39,9 @@ class EnsembleLoss(LossWithParts):
     reuse the same object.
 
     The parts of the last call are kept, detached, in ``self.last_parts`` (``"seg/base_<i>"``, ``"seg/meta"``,
-    ``"seg"`` (weighted sum), ``"diversity/level_<l>"``, ``"diversity"`` (reduced over levels, before
-    ``alpha``) and ``"total"``). ``log_parts`` returns them as floats and has the signature of an ignite
-    ``output_transform``, so MONAI's stats handlers log them directly::
+    ``"seg"`` (weighted sum), ``"diversity/level_<l>"`` (``"diversity/output"`` on probabilities),
+    ``"diversity"`` (reduced over levels, before ``alpha``) and ``"total"``). ``log_parts`` returns them as
+    floats and has the signature of an ignite ``output_transform``, so MONAI's stats handlers log them directly::
 
         loss = EnsembleLoss()
         StatsHandler(name="train_parts", output_transform=loss.log_parts)  # or "$@loss_function.log_parts"
@@ -145,15 +145,16 @@ class EnsembleLoss(LossWithParts):
         total = seg_total
 
         if self.alpha != 0.0:
-            if "features" not in pred:
+            if self.diversity.inputs == "features" and "features" not in pred:
                 raise ValueError("alpha > 0 needs the base learners' 'features' in pred (train-mode output).")
             levels = self.diversity.per_level(pred)
             div = self.diversity.reduce_levels(levels)
             total = total - self.alpha * div
             parts["diversity"] = div.detach()
             for level, value in levels.items():
-                parts[f"diversity/level_{level}"] = value.detach()
-            if self.log_all_levels:
+                name = "output" if self.diversity.inputs == "probabilities" else f"level_{level}"
+                parts[f"diversity/{name}"] = value.detach()
+            if self.log_all_levels and self.diversity.inputs == "features":
                 num_levels = len(pred["features"][0])
                 others = [i for i in range(num_levels) if i not in levels]
                 if others:
