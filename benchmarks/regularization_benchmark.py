@@ -13,8 +13,9 @@ Variants (the same data, seeds, epochs, Adam lr 2e-3 and lr halvings at the same
   learner and the wall-clock benchmark's opponent);
 - ``unet_inq5``: the same network quantized at 5 bits, power-of-two weights, incremental (INQ) schedule
   (``quantize_network(method="power_of_two", bits=5)``): the QNT setting;
-- ``qmenet``: the bundle's default ensemble network (``bundle/configs/train.json#network_def``: one 4-bit
-  base learner 8..64, a 16-bit meta learner 16..128) with its loss;
+- ``qmenet``: the bundle's 0.4.0 default ensemble network (``bundle/configs/train.json#network_def`` with
+  :data:`NETWORK_0_4_0`: one 4-bit base learner 8..64 with a residual unit, a 16-bit meta learner 16..128, fused
+  at every level) with its loss;
 - ``qmenet_float``: the same without quantization and without the diversity term.
 
 Every network is scored by one function: whole-slice inference, argmax, Dice of the foreground (the meta
@@ -51,7 +52,7 @@ VARIANTS = ["unet_float", "unet_inq5", "qmenet", "qmenet_float"]
 LABELS = {
     "unet_float": "plain UNet 16..128, float",
     "unet_inq5": "same UNet, 5-bit INQ (QNT)",
-    "qmenet": "bundle default QME-Net (4-bit base, 16-bit meta)",
+    "qmenet": "0.4.0 default QME-Net (4-bit base, 16-bit meta)",
     "qmenet_float": "same QME-Net, float, no diversity term",
 }
 SETTINGS = {
@@ -65,6 +66,8 @@ SETTINGS = {
     },
     "quick": {"num_train": 2, "num_test": 2, "shape": [64, 64], "fp_epochs": 2, "epochs_per_step": 1, "eval_every": 2},
 }
+#: The network measured (the 0.4.0 default), pinned so a rerun measures it whatever the current default is.
+NETWORK_0_4_0 = {"network_def#backbone_kwargs#num_res_units": 1, "network_def#fusion_roles": None}
 PORTIONS = [0.3, 0.6, 0.8, 1.0]
 LEARNING_RATE, LR_DECAY, BATCH_SIZE, DIFFICULTY = 2e-3, 0.5, 2, 0.6
 
@@ -101,6 +104,8 @@ def make_network(variant: str):
     parser = ConfigParser()
     parser.read_config(load_bundle_configs([REPO / "bundle" / "configs" / "train.json"]))
     parser["in_channels"], parser["num_classes"], parser["portions"] = 1, 2, PORTIONS
+    for key, value in NETWORK_0_4_0.items():
+        parser[key] = value
     if variant == "qmenet_float":
         parser["quantization"], parser["alpha"] = "float", 0.0
     return parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")

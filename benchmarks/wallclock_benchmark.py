@@ -21,16 +21,18 @@ Tasks (data generated once, the same for every variant and seed):
 
 Variants (each defined by its own overrides, so a stored result stays what its name says when the defaults move):
 
-- ``default``: the bundle as shipped (since 0.4.0: one 4-bit base learner 8..64 and a 16-bit meta learner the
-  size of the plain UNet, 16..128 with 2 residual units);
-- ``default_float``: the default without quantization and without the diversity loss (``--quantization float
+- ``default``: the bundle as shipped (since 0.5.0: one 4-bit base learner 8..64 of plain convolutions, fused
+  with a 16-bit meta learner the size of the plain UNet, 16..128 with 2 residual units, at the encoder levels and
+  the bottleneck); ``default_base4``: the same with a base learner of 4..32 channels;
+- ``default_0.4.0``: the 0.4.0 default (the base learner with a residual unit, fused at every level);
+  ``default_0.4.0_float``: that without quantization and without the diversity loss (``--quantization float
   --alpha 0``);
 - ``four_learners``: the 0.3.0 default (3 base learners at 4/5/6 bits and a meta learner, all UNets 8..64);
 - ``four_learners_float``, ``four_learners_lr_5e-3``, ``four_learners_include_bg``: that network float without the
   diversity loss, at the earlier learning rate, with the background channel in the Dice loss;
 - ``old_default``: the 0.1.0 defaults (4 CE-Net learners 8..64, ensemble mean, 64^2 / 48^3 crops, lr 5e-3);
 - ``unet_same_time``: the plain UNet at the default's CPU time (and ``unet_same_epochs`` from the same run);
-  ``unet_four_learners_time``: at ``four_learners``' CPU time.
+  ``unet_<variant>_time``: at that variant's CPU time.
 
 Output in ``--out`` (default ``runs/wallclock``, gitignored): one JSON per (task, seed), written after
 every variant (a rerun continues where it stopped), and ``wallclock.json`` with all runs and the paired
@@ -40,7 +42,7 @@ Usage::
 
     python benchmarks/wallclock_benchmark.py                 # 3 tasks x 3 seeds, 2 workers x 1 thread
     python benchmarks/wallclock_benchmark.py --quick         # checks the harness (1 task, 1 seed, 2 epochs)
-    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time default_float
+    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time default_base4
 """
 
 from __future__ import annotations
@@ -77,14 +79,16 @@ TASKS: dict[str, dict[str, Any]] = {
         "difficulty": 0.7,
     },
 }
+#: The 0.4.0 default's network: its base learner had a residual unit and every level was fused.
+V040 = {"network_def#backbone_kwargs#num_res_units": 1, "network_def#fusion_roles": None}
 #: The 0.3.0 default's network: four learners of 8..64 (the meta learner sized as the base learners).
-FOUR_LEARNERS = {"network_def#num_learners": 4, "network_def#meta_kwargs": {}}
-#: The default with a cheaper step: base learner without residual units, fusion at the encoder and bottleneck only.
-LEAN = {"network_def#backbone_kwargs#num_res_units": 0, "network_def#fusion_roles": ["encoder", "bottleneck"]}
+FOUR_LEARNERS = {**V040, "network_def#num_learners": 4, "network_def#meta_kwargs": {}}
 #: Config overrides per bundle variant (``#`` paths as in MONAI configs); dims-specific ones by key 2 / 3.
 VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
-    "default_float": {"quantization": "float", "alpha": 0.0},
+    "default_base4": {"network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
+    "default_0.4.0": V040,
+    "default_0.4.0_float": {**V040, "quantization": "float", "alpha": 0.0},
     "four_learners": FOUR_LEARNERS,
     "four_learners_float": {**FOUR_LEARNERS, "quantization": "float", "alpha": 0.0},
     "four_learners_lr_5e-3": {**FOUR_LEARNERS, "learning_rate": 0.005},
@@ -98,16 +102,13 @@ VARIANTS: dict[str, dict[Any, Any]] = {
         2: {"roi_size": [64, 64], "num_samples": 4},
         3: {"roi_size": [48, 48, 48], "num_samples": 2},
     },
-    # a cheaper ensemble step: a plain-conv base learner (no residual units), fused on the encoder side only
-    "lean": LEAN,
-    "lean_base4": {**LEAN, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
 }
 #: The plain UNet's runs: result name -> the bundle variant whose CPU time it is given.
 UNET_BUDGETS = {
     "unet_same_time": "default",
+    "unet_default_base4_time": "default_base4",
+    "unet_0.4.0_time": "default_0.4.0",
     "unet_four_learners_time": "four_learners",
-    "unet_lean_time": "lean",
-    "unet_lean_base4_time": "lean_base4",
 }
 SCHEDULES = {"full": {"epochs": 24, "epochQ": 4}, "quick": {"epochs": 1, "epochQ": 1}}
 UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "learning_rate": 2e-3}
@@ -430,24 +431,21 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
             for a, b in (
                 ("default", "unet_same_time"),
                 ("default", "unet_same_epochs"),
-                ("default", "unet_four_learners_time"),
+                ("default", "default_0.4.0"),
                 ("default", "four_learners"),
-                ("default_float", "default"),
-                ("default_float", "unet_same_time"),
+                ("default_base4", "unet_default_base4_time"),
+                ("default_base4", "default"),
+                ("default_0.4.0", "unet_0.4.0_time"),
+                ("default_0.4.0", "unet_same_epochs"),
+                ("default_0.4.0_float", "default_0.4.0"),
                 ("four_learners", "unet_four_learners_time"),
                 ("four_learners", "old_default"),
                 ("four_learners_float", "four_learners"),
                 ("four_learners_lr_5e-3", "four_learners"),
                 ("four_learners_include_bg", "four_learners"),
-                ("lean", "unet_lean_time"),
-                ("lean", "unet_same_epochs"),
-                ("lean", "default"),
-                ("lean_base4", "unet_lean_base4_time"),
-                ("lean_base4", "unet_same_epochs"),
-                ("lean_base4", "lean"),
             )
         }
-        for v in ("default", "four_learners", "lean", "lean_base4"):
+        for v in ("default", "default_base4", "default_0.4.0", "four_learners"):
             meta_mean = [
                 j["variants"][v]["dice"] - j["variants"][v]["mean_dice"]
                 for j in tj
@@ -460,19 +458,19 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
 
 
 LABELS = {
-    "default": "bundle default (1 base 8..64 at 4 bits + meta 16..128 at 16 bits)",
-    "default_float": "default without quantization and diversity loss",
+    "default": "bundle default (0.5.0: plain-conv base 8..64 at 4 bits, encoder-side fusion, meta 16..128)",
+    "default_base4": "default with a base learner of 4..32 channels",
+    "default_0.4.0": "0.4.0 default (base with a residual unit, fused at every level)",
+    "default_0.4.0_float": "0.4.0 default without quantization and diversity loss",
     "four_learners": "0.3.0 default (4 UNet learners 8..64, quantized)",
     "four_learners_float": "0.3.0 default without quantization and diversity loss",
     "four_learners_lr_5e-3": "0.3.0 default at lr 5e-3",
     "four_learners_include_bg": "0.3.0 default with the background channel in the Dice loss",
     "old_default": "0.1.0 default (4 CE-Net learners, mean, small crops)",
-    "lean": "default with a cheaper step (plain-conv base learner, encoder-side fusion)",
-    "lean_base4": "lean with a base learner of 4..32 channels",
     "unet_same_time": "plain MONAI UNet, the default's CPU time",
+    "unet_default_base4_time": "plain MONAI UNet, default_base4's CPU time",
+    "unet_0.4.0_time": "plain MONAI UNet, the 0.4.0 default's CPU time",
     "unet_four_learners_time": "plain MONAI UNet, the 0.3.0 default's CPU time",
-    "unet_lean_time": "plain MONAI UNet, lean's CPU time",
-    "unet_lean_base4_time": "plain MONAI UNet, lean_base4's CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
 }
 
@@ -498,9 +496,9 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
         f"({sched['epochs'] + 4 * sched['epochQ']} epochs, the external check's budget). The plain UNet "
         f"(channels {result['unet']['channels']}, {result['unet']['num_res_units']} residual units, DiceCE, Adam "
         f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the "
-        "CPU time of its reference: the default's (`unet_same_time`, the bundle's runner start-up included) or the "
-        "0.3.0 default's (`unet_four_learners_time`); `unet_same_epochs` is the same trajectory scored at the "
-        "bundle's epoch count. "
+        "CPU time of its reference: the default's (`unet_same_time`, the bundle's runner start-up included) or another "
+        "variant's (`unet_<variant>_time`); `unet_same_epochs` is the same trajectory scored at the bundle's epoch "
+        "count. "
         "Test Dice of the final weights, mean ± sd over seeds; differences paired per seed.",
         "",
     ]
@@ -595,14 +593,14 @@ def main() -> None:
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
     phases = [
         ["default", "unet_same_time"],
-        ["default_float"],
+        ["default_base4", "unet_default_base4_time"],
+        ["default_0.4.0", "unet_0.4.0_time"],
+        ["default_0.4.0_float"],
         ["four_learners", "unet_four_learners_time"],
         ["four_learners_float"],
         ["four_learners_lr_5e-3"],
         ["four_learners_include_bg"],
         ["old_default"],
-        ["lean", "unet_lean_time"],
-        ["lean_base4", "unet_lean_base4_time"],
     ]
     phases = [[v for v in phase if v in args.variants] for phase in phases]
     phases = [phase for phase in phases if phase]

@@ -171,6 +171,25 @@ def test_distill_and_student_inference(trained_2d):
     assert len(list((root / "eval" / "predictions_student").glob("*_seg.png"))) == 4
 
 
+def test_3d_multiclass_end_to_end(tmp_path):
+    """3 classes in 3D: training, per-class Dice in the evaluation summary, labels 0..2 in the predictions."""
+    from qddens_monai.data import write_demo_3d
+
+    data = tmp_path / "spheres3"
+    write_demo_3d(data, num_train=6, num_test=2, size=32, num_classes=3, seed=3)
+    flags = ["--dataset_dir", str(data), "--num_classes", "3", "--roi_size", "[32,32,32]"]
+    run_bundle("training", ["train.json", "3d.json"], tmp_path, *FAST, *flags)
+    run_bundle("evaluating", ["train.json", "3d.json", "evaluate.json"], tmp_path, *flags)
+    summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
+    meta = summary["summary"]["meta"]
+    assert {"dice", "dice_1", "dice_2", "hd95_1", "hd95_2"} <= set(meta), sorted(meta)
+    run_bundle("run", ["inference.json", "3d.json"], tmp_path, *flags, "--image_glob", "imagesTs/*")
+    preds = sorted((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
+    assert len(preds) == 2
+    for p in preds:
+        assert set(np.unique(np.asarray(nib.load(str(p)).dataobj))) <= {0, 1, 2}
+
+
 def test_train_and_infer_3d_nifti_and_dicom(tmp_path):
     run_bundle("training", ["train.json", "3d.json"], tmp_path, *FAST, "--demo_size", "32", "--roi_size", "[32,32,32]")
     src = sorted((tmp_path / "data" / "demo_3d" / "imagesTs").glob("*.nii.gz"))[0]
