@@ -1,9 +1,9 @@
 """Which diversity term makes the base learners differ, and does it help the fused output?
 
 Issue 17, question 3. The published four-learner QME-Net (3 base learners 8..64 at 4 / 5 / 6 bits, a 16-bit
-meta learner 8..64, fused at every level: the bundle's ``network_def`` with :data:`PUBLISHED_SHAPE`) is trained on MR-like 2D slices with
-one diversity term per variant, everything else equal (data, seeds, epochs, Adam 2e-3, the incremental
-quantization schedule with its lr halvings, flips):
+meta learner 8..64, fused at every level: the bundle's ``network_def`` with :data:`PUBLISHED_SHAPE`) is trained
+on MR-like 2D slices with one diversity term per variant, everything else equal (data, seeds, epochs, Adam
+2e-3, the incremental quantization schedule with its lr halvings, flips):
 
 - ``none``: alpha 0 (no diversity term);
 - ``faithful``: the papers' feature loss, public-code alpha 0.005 (with the saturation safeguard);
