@@ -1,5 +1,5 @@
 """``python -m qddens_monai ...`` = the ``qddens-monai`` command."""
 
-from qddens_monai.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from qddens_monai.quantization import QUANTIZERS
+from .quantization import QUANTIZERS
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -85,11 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "quantization-demo":
-        from qddens_monai.demo import run_quantization_demo
+        from .demo import run_quantization_demo
 
         run_quantization_demo(args.out, args.method, args.bits, args.fp_epochs, args.epochs_per_step, seed=args.seed)
     elif args.command == "prepare-drive":
-        from qddens_monai.data import prepare_drive
+        from .data import prepare_drive
 
         try:
             datalist = prepare_drive(args.path, args.out)
@@ -101,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"--dataset_dir {Path(datalist).parent}"
         )
     elif args.command == "label-server":
-        from qddens_monai.label.server import parse_overrides, start_label_server
+        from .label.server import parse_overrides, start_label_server
 
         try:
             overrides = parse_overrides(args.override)
@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ImportError, ValueError, FileNotFoundError) as e:
             parser.exit(2, f"qddens-monai label-server: {e}\n")
     elif args.command == "export-zoo":
-        from qddens_monai.export import export_zoo
+        from .export import export_zoo
 
         try:
             result = export_zoo(

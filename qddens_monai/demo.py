@@ -23,8 +23,8 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import UNet
 
-from qddens_monai.handlers import IncrementalQuantizationHandler
-from qddens_monai.quantization import freeze, quantization_report, quantize_network, save_packed
+from .handlers import IncrementalQuantizationHandler
+from .quantization import freeze, quantization_report, quantize_network, save_packed
 
 __all__ = ["run_quantization_demo"]
 

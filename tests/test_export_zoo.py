@@ -1,6 +1,7 @@
 """Model Zoo export for real: the exported folder runs in a fresh venv without qddens_monai; the artifacts
 reproduce the eager network."""
 
+import ast
 import json
 import os
 import re
@@ -104,8 +105,18 @@ def test_layout_zip_and_metadata(exported):
     assert sorted(p.name for p in (folder / "models").iterdir()) == ARTIFACTS
     for left_out in ["cli.py", "demo.py", "label", "export/zoo.py", "export/vendor.py"]:
         assert not (folder / "scripts" / "qddens_monai" / left_out).exists(), left_out
-    # no reference to the installed package is left in the code or the configs (metadata.json is prose)
-    for f in list(folder.rglob("*.py")) + [f for f in (folder / "configs").glob("*.json") if f.name != "metadata.json"]:
+    # the code is copied as it is and imports itself relatively: no import of the installed package is left
+    for f in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not any(n == "qddens_monai" or n.startswith("qddens_monai.") for n in names), (f, names)
+    for rel in ("networks/qmenet.py", "losses/ensemble.py"):  # the same code, formatted as the zoo wants it
+        copied, source = folder / "scripts" / "qddens_monai" / rel, BUNDLE.parent / "qddens_monai" / rel
+        assert ast.dump(ast.parse(copied.read_text())) == ast.dump(ast.parse(source.read_text())), rel
+    # and the configs name the copy, never the installed package (metadata.json is prose)
+    for f in [f for f in (folder / "configs").glob("*.json") if f.name != "metadata.json"]:
         assert not re.search(r"(?<![\w.])qddens_monai\b", f.read_text()), f
 
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

@@ -4,7 +4,7 @@ Everything here is called from the bundle configs (``$qddens_monai.data....``): 
 datalists are plain lists of ``{"image": path, "label": path[, "mask": path]}`` dicts.
 """
 
-from qddens_monai._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 # Imported on first use (qddens_monai._lazy): importing one component does not import the others.
 __getattr__, __dir__, __all__ = lazy_exports(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist, partition_dataset
 
-from qddens_monai.files import atomic_write_text
+from ..files import atomic_write_text
 
 __all__ = ["PATH_KEYS", "load_datalist", "split_datalist", "write_datalist"]
 

@@ -40,8 +40,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from qddens_monai.data.datalist import write_datalist
-from qddens_monai.data.vessels import create_vessel_image_2d
+from .datalist import write_datalist
+from .vessels import create_vessel_image_2d
 
 __all__ = ["write_demo_2d", "write_demo_3d", "ensure_demo_data", "find_images", "DEMO_DEFAULTS"]
 
@@ -283,7 +283,7 @@ def ensure_demo_data(
     """
     import torch.distributed as dist
 
-    from qddens_monai.distributed import rank_and_world_size
+    from ..distributed import rank_and_world_size
 
     out = Path(dataset_dir).expanduser()
     if demo_dir is not None and not (out / "dataset.json").is_file():

@@ -12,7 +12,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from qddens_monai.files import atomic_write
+from ..files import atomic_write
 
 __all__ = ["SaveDicomSegd", "write_dicom_seg"]
 

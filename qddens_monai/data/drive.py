@@ -26,7 +26,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from qddens_monai.data.datalist import write_datalist
+from .datalist import write_datalist
 
 __all__ = ["prepare_drive", "DRIVE_SPLITS"]
 

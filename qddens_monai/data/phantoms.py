@@ -27,7 +27,7 @@ from typing import Union
 import numpy as np
 from scipy import ndimage
 
-from qddens_monai.data.datalist import write_datalist
+from .datalist import write_datalist
 
 __all__ = ["create_mr_slice_2d", "write_demo_mr_2d"]
 

@@ -23,8 +23,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from qddens_monai.data.checks import read_header
-from qddens_monai.files import atomic_write_text
+from ..files import atomic_write_text
+from .checks import read_header
 
 __all__ = ["dataset_fingerprint", "plan_roi_size", "plan_num_samples", "write_plan", "MAX_ROI_SIZE"]
 

@@ -19,8 +19,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from qddens_monai.data.checks import DataValidationError, check_datalist
-from qddens_monai.files import atomic_write_text
+from ..files import atomic_write_text
+from .checks import DataValidationError, check_datalist
 
 __all__ = ["InputScreen", "InferenceInputError"]
 

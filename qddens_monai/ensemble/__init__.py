@@ -1,7 +1,7 @@
 """The ensemble contract in one place: the training-mode output, the learners' stacking order and the
 disagreement between learners. Networks produce it, losses, handlers, evaluation and active learning read it."""
 
-from qddens_monai._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 # Imported on first use (qddens_monai._lazy): importing one component does not import the others.
 __getattr__, __dir__, __all__ = lazy_exports(

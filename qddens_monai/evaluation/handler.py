@@ -18,10 +18,10 @@ from monai.data import MetaTensor, decollate_batch
 from monai.handlers import from_engine
 from monai.utils import CommonKeys as Keys
 
-from qddens_monai.distributed import rank_and_world_size
-from qddens_monai.evaluation.inferer import learner_names, member_names, split_learners
-from qddens_monai.evaluation.metrics import ALL_METRICS, image_metrics, summarize
-from qddens_monai.files import atomic_write, atomic_write_text
+from ..distributed import rank_and_world_size
+from ..files import atomic_write, atomic_write_text
+from .inferer import learner_names, member_names, split_learners
+from .metrics import ALL_METRICS, image_metrics, summarize
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

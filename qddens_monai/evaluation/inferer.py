@@ -12,7 +12,7 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
 # the learners' stacking order lives in the ensemble contract; re-exported here where inference uses it
-from qddens_monai.ensemble.learners import learner_names, merge_learners, split_learners, unwrap_network
+from ..ensemble.learners import learner_names, merge_learners, split_learners, unwrap_network
 
 __all__ = [
     "LearnerProbabilities",

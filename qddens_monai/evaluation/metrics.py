@@ -19,8 +19,8 @@ import torch
 from monai.metrics import ConfusionMatrixMetric, DiceMetric, HausdorffDistanceMetric, compute_roc_auc
 from monai.utils import convert_to_tensor
 
-from qddens_monai.ensemble import learner_disagreement, learner_pairs
-from qddens_monai.evaluation.inferer import learner_names, member_names, member_probabilities
+from ..ensemble import learner_disagreement, learner_pairs
+from .inferer import learner_names, member_names, member_probabilities
 
 __all__ = ["ALL_METRICS", "image_metrics", "segmentation_metrics", "disagreement_matrices", "summarize", "nan_mean"]
 

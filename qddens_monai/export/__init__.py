@@ -1,7 +1,7 @@
 """Export: Model Zoo bundle folder and zip (code vendored), TorchScript, packed low-bit weights,
 ONNX / ONNX Runtime int8."""
 
-from qddens_monai._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 # Imported on first use (qddens_monai._lazy): importing one component does not import the others.
 __getattr__, __dir__, __all__ = lazy_exports(

@@ -23,14 +23,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Union
 
-from qddens_monai.export.imports import (
-    config_references,
-    defining_module,
-    definition_imports,
-    module_closure,
-    module_file,
-    module_imports,
-)
+from .imports import config_references, defining_module, definition_imports, module_closure, module_file, module_imports
 
 __all__ = ["BASE", "OVERLAYS", "MONAI_EXTRAS", "config_dependencies", "bundle_dependencies"]
 

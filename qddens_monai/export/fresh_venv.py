@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from qddens_monai.export import zoo_ci
-from qddens_monai.export.metadata import installed_version
+from . import zoo_ci
+from .metadata import installed_version
 
 __all__ = ["ZOO_HARNESS", "VenvError", "requirements", "create_venv", "train_packages", "check_fresh_venv", "main"]
 
@@ -88,7 +88,7 @@ def create_venv(venv: PathLike, meta: Mapping[str, Any], timeout: float = 900) -
 
 def train_packages(bundle: PathLike) -> set[str]:
     """What ``train.json`` and ``evaluate.json`` of ``bundle`` need beyond ``required_packages_version``."""
-    from qddens_monai.export.dependencies import bundle_dependencies
+    from .dependencies import bundle_dependencies
 
     meta = json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
     deps = bundle_dependencies(bundle)

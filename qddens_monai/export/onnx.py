@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qddens_monai.files import atomic_write
+from ..files import atomic_write
 
 __all__ = ["export_onnx", "quantize_onnx_int8", "OnnxRuntimeNetwork"]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from qddens_monai.export.imports import config_references, module_closure, resolve
+from .imports import config_references, module_closure, resolve
 
 __all__ = [
     "VENDOR_PACKAGE",
@@ -75,9 +75,9 @@ def vendor_package(bundle_dir: Union[str, os.PathLike], configs: Optional[Iterab
     """Copy the ``qddens_monai`` modules the bundle's configs need into ``bundle_dir/scripts/qddens_monai``.
 
     Only the modules the configs import, directly or through other modules (:func:`vendored_modules`), are
-    copied; the lazy export tables of the copied package ``__init__`` files keep only the copied modules.
-    Every ``qddens_monai`` module reference becomes ``scripts.qddens_monai``, so the copy does not collide with
-    (or silently use) an installed ``qddens_monai``.
+    copied, as they are (the package's imports are relative); the lazy export tables of the copied package
+    ``__init__`` files keep only the copied modules. The configs name the copy ``scripts.qddens_monai``
+    (:func:`rewrite_config`), so it does not collide with (or silently use) an installed ``qddens_monai``.
 
     Args:
         bundle_dir: the bundle folder being exported.
@@ -103,7 +103,7 @@ def vendor_package(bundle_dir: Union[str, os.PathLike], configs: Optional[Iterab
         text = file.read_text()
         if file.name == "__init__.py":
             text = _keep_exports(text, name, set(modules))
-        out.write_text(rewrite_names(text))
+        out.write_text(text)  # the package imports itself relatively: the copy is the code as it is
     format_like_the_zoo(scripts)
     return target
 
@@ -124,9 +124,9 @@ def format_like_the_zoo(folder: Union[str, os.PathLike]) -> bool:
 
     isort (profile black, line length 120), then black (line length 120, ``--skip-magic-trailing-comma``),
     then one newline at the end (pre-commit's ``end-of-file-fixer``): the zoo's ``setup.cfg`` and
-    ``.pre-commit-config.yaml`` settings. Renaming ``qddens_monai`` to ``scripts.qddens_monai`` moves
-    imports between isort's sections, so the vendored copy is formatted after the rewrite. Needs
-    ``black`` and ``isort`` (the ``test`` extra); without them the copy is left as written.
+    ``.pre-commit-config.yaml`` settings, which differ from the package's own (e.g. no magic trailing comma), so
+    the vendored copy is formatted with them. Needs ``black`` and ``isort`` (the ``test`` extra); without them the
+    copy is left as written.
     """
     try:
         import black

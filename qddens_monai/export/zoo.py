@@ -27,23 +27,17 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import RandSpatialCropSamples, SpatialPad
 from torch import nn
 
-from qddens_monai.config import REPOSITORY
-from qddens_monai.config import bundle_dir as repository_bundle_dir
-from qddens_monai.config import load_bundle_configs
-from qddens_monai.export.dependencies import bundle_dependencies
-from qddens_monai.export.metadata import build_metadata
-from qddens_monai.export.onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
-from qddens_monai.export.readme import zoo_readme
-from qddens_monai.export.vendor import rewrite_config, vendor_package
-from qddens_monai.export.weights import LARGE_FILE_BYTES, check_weights_url, large_files, split_weights
-from qddens_monai.networks.distillation import load_checkpoint
-from qddens_monai.quantization import (
-    freeze,
-    is_quantization_complete,
-    quantization_progress,
-    quantized_layers,
-    save_packed,
-)
+from ..config import REPOSITORY
+from ..config import bundle_dir as repository_bundle_dir
+from ..config import load_bundle_configs
+from ..networks.distillation import load_checkpoint
+from ..quantization import freeze, is_quantization_complete, quantization_progress, quantized_layers, save_packed
+from .dependencies import bundle_dependencies
+from .metadata import build_metadata
+from .onnx import OnnxRuntimeNetwork, export_onnx, quantize_onnx_int8
+from .readme import zoo_readme
+from .vendor import rewrite_config, vendor_package
+from .weights import LARGE_FILE_BYTES, check_weights_url, large_files, split_weights
 
 __all__ = [
     "ZOO_NAME",

@@ -85,7 +85,7 @@ def assemble_zoo_tree(
         raise ValueError(f"the metadata's schema is {meta.get('schema')!r}; only {Path(schema).name} ships offline.")
     (target / "eval").mkdir(exist_ok=True)
     shutil.copyfile(schema, target / "eval" / "schema.json")
-    from qddens_monai.export.zoo_unit import write_unit_test  # here only: this file also runs without the package
+    from .zoo_unit import write_unit_test  # here only: this file also runs without the package
 
     write_unit_test(root, bundle.name)  # ci/unit_tests/test_<name>.py, to submit with the bundle
     return target

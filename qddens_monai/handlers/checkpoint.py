@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-from qddens_monai.distributed import rank_and_world_size
+from ..distributed import rank_and_world_size
 
 __all__ = ["AtomicCheckpointSaver", "EpochSeedHandler", "find_checkpoint", "RESUME_KEYS"]
 

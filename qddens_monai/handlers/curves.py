@@ -17,11 +17,11 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from qddens_monai.distributed import is_main_process
-from qddens_monai.files import atomic_write
-from qddens_monai.handlers.drawing import CurvePanel, draw_training_curves
-from qddens_monai.handlers.figures import save_figure, to_float
-from qddens_monai.quantization import quantization_progress
+from ..distributed import is_main_process
+from ..files import atomic_write
+from ..quantization import quantization_progress
+from .drawing import CurvePanel, draw_training_curves
+from .figures import save_figure, to_float
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from qddens_monai.handlers.figures import new_figure
+from .figures import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

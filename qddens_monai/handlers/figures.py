@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from monai.utils import is_scalar
 
-from qddens_monai.files import atomic_write
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import nn
 
-from qddens_monai.quantization import (
+from ..quantization import (
     IncrementalQuantization,
     quantization_progress,
     quantization_report,

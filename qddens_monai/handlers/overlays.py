@@ -18,11 +18,11 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from qddens_monai.distributed import is_main_process
-from qddens_monai.ensemble import DISAGREEMENT_MEASURES, learner_disagreement, max_disagreement, unwrap_network
-from qddens_monai.evaluation.inferer import LearnerProbabilities, split_learners
-from qddens_monai.handlers.drawing import OverlayPanels, draw_overlay
-from qddens_monai.handlers.figures import save_figure
+from ..distributed import is_main_process
+from ..ensemble import DISAGREEMENT_MEASURES, learner_disagreement, max_disagreement, unwrap_network
+from ..evaluation.inferer import LearnerProbabilities, split_learners
+from .drawing import OverlayPanels, draw_overlay
+from .figures import save_figure
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

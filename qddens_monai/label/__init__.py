@@ -4,7 +4,7 @@
 need the ``label`` extra (MONAI Label, see the README) and are imported on demand.
 """
 
-from qddens_monai._lazy import lazy_exports
+from .._lazy import lazy_exports
 
 # Imported on first use (qddens_monai._lazy): importing one component does not import the others.
 __getattr__, __dir__, __all__ = lazy_exports(

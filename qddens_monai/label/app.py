@@ -49,7 +49,7 @@ import numpy as np
 from monai.bundle import ConfigParser
 from monai.transforms import SqueezeDimd
 
-from qddens_monai.label.compat import import_monailabel
+from .compat import import_monailabel
 
 import_monailabel()
 
@@ -67,22 +67,17 @@ from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 from monailabel.transform.post import Restored  # noqa: E402
 from monailabel.utils.others.generic import get_bundle_models, strtobool  # noqa: E402
 
-from qddens_monai.config import load_bundle_configs  # noqa: E402
-from qddens_monai.evaluation import LearnerProbabilities  # noqa: E402
-from qddens_monai.label.confine import RequestRefused  # noqa: E402
-from qddens_monai.label.datastore import CheckedDatastore  # noqa: E402
-from qddens_monai.label.pacs import PacsDatastore  # noqa: E402
-from qddens_monai.label.scoring import DisagreementMapd  # noqa: E402
-from qddens_monai.label.screening import StudyScreen  # noqa: E402
-from qddens_monai.label.selection import SuggestiveConfig  # noqa: E402
-from qddens_monai.label.strategies import (  # noqa: E402
-    SCORE_KEY,
-    EnsembleScoring,
-    SuggestiveStrategy,
-    UncertaintyStrategy,
-)
-from qddens_monai.label.studies import convert_dicom_studies  # noqa: E402
-from qddens_monai.label.training import CheckedTrainTask  # noqa: E402
+from ..config import load_bundle_configs  # noqa: E402
+from ..evaluation import LearnerProbabilities  # noqa: E402
+from .confine import RequestRefused  # noqa: E402
+from .datastore import CheckedDatastore  # noqa: E402
+from .pacs import PacsDatastore  # noqa: E402
+from .scoring import DisagreementMapd  # noqa: E402
+from .screening import StudyScreen  # noqa: E402
+from .selection import SuggestiveConfig  # noqa: E402
+from .strategies import SCORE_KEY, EnsembleScoring, SuggestiveStrategy, UncertaintyStrategy  # noqa: E402
+from .studies import convert_dicom_studies  # noqa: E402
+from .training import CheckedTrainTask  # noqa: E402
 
 __all__ = [
     "QDDEnsLabelApp",

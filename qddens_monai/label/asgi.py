@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 
-from qddens_monai.label.compat import import_monailabel
+from .compat import import_monailabel
 
 import_monailabel()
 
 from monailabel.app import app as _monailabel_app  # noqa: E402
 
-from qddens_monai.label.guard import secure_app  # noqa: E402
-from qddens_monai.label.server import ORIGINS_ENV, TOKEN_ENV  # noqa: E402
+from .guard import secure_app  # noqa: E402
+from .server import ORIGINS_ENV, TOKEN_ENV  # noqa: E402
 
 app = secure_app(
     _monailabel_app,

@@ -21,8 +21,8 @@ from typing import Any, Optional, Union
 import torch
 from monai.bundle import ConfigParser
 
-from qddens_monai.config import bundle_dir, load_bundle_configs
-from qddens_monai.files import atomic_write
+from ..config import bundle_dir, load_bundle_configs
+from ..files import atomic_write
 
 __all__ = ["bundle_dir", "prepare_label_bundle", "bundle_network"]
 

@@ -26,9 +26,9 @@ from typing import Any, Optional
 
 from monailabel.datastore.local import LocalDatastore
 
-from qddens_monai.label.confine import RequestRefused, check_image_id, check_tag, confined
-from qddens_monai.label.screening import StudyScreen
-from qddens_monai.label.studies import convert_dicom_studies
+from .confine import RequestRefused, check_image_id, check_tag, confined
+from .screening import StudyScreen
+from .studies import convert_dicom_studies
 
 __all__ = ["CheckedDatastore", "finite"]
 

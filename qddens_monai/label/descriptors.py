@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from qddens_monai.files import atomic_write_text
+from ..files import atomic_write_text
 
 __all__ = ["DescriptorStore"]
 

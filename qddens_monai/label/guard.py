@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from qddens_monai.label.confine import RequestRefused, check_image_id, check_tag
+from .confine import RequestRefused, check_image_id, check_tag
 
 __all__ = ["secure_app", "GuardMiddleware"]
 

@@ -35,11 +35,11 @@ import numpy as np
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from qddens_monai.data.dicom_seg import write_dicom_seg
-from qddens_monai.label.confine import RequestRefused, check_image_id, confined
-from qddens_monai.label.datastore import CheckedDatastore
-from qddens_monai.label.screening import StudyScreen
-from qddens_monai.label.studies import convert_dicom_series
+from ..data.dicom_seg import write_dicom_seg
+from .confine import RequestRefused, check_image_id, confined
+from .datastore import CheckedDatastore
+from .screening import StudyScreen
+from .studies import convert_dicom_series
 
 __all__ = ["PacsDatastore", "check_series_uid", "read_dicom_seg"]
 
@@ -87,7 +87,7 @@ def read_dicom_seg(seg: Dataset, source_folder: str) -> np.ndarray:
     frames reference that series' instances; segment ``n`` becomes label value ``n``."""
     import highdicom as hd
 
-    from qddens_monai.data.dicom_seg import _source_slices
+    from ..data.dicom_seg import _source_slices
 
     slices = _source_slices(source_folder)
     segmentation = hd.seg.Segmentation.from_dataset(seg)

@@ -11,10 +11,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 
-from qddens_monai.config import load_bundle_configs
-from qddens_monai.evaluation import LearnerProbabilities, split_learners, unwrap_network
-from qddens_monai.label.selection import defined_descriptor, image_uncertainty, voxel_disagreement
-from qddens_monai.networks import ENCODER, load_checkpoint
+from ..config import load_bundle_configs
+from ..evaluation import LearnerProbabilities, split_learners, unwrap_network
+from ..networks import ENCODER, load_checkpoint
+from .selection import defined_descriptor, image_uncertainty, voxel_disagreement
 
 __all__ = ["DisagreementMapd", "EnsembleScorer", "deepest_encoder_level", "member_scores"]
 

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from qddens_monai.data import DataValidationError, check_datalist
+from ..data import DataValidationError, check_datalist
 
 __all__ = ["StudyScreen", "problems_text"]
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from qddens_monai.ensemble import learner_disagreement
+from ..ensemble import learner_disagreement
 
 __all__ = [
     "DISAGREEMENT_KINDS",

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from qddens_monai.label.bundle import prepare_label_bundle
-from qddens_monai.label.compat import import_monailabel
-from qddens_monai.label.selection import SuggestiveConfig
+from .bundle import prepare_label_bundle
+from .compat import import_monailabel
+from .selection import SuggestiveConfig
 
 __all__ = [
     "MODEL_NAME",

@@ -27,10 +27,10 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import strtobool
 
-from qddens_monai.label.datastore import CheckedDatastore
-from qddens_monai.label.descriptors import DescriptorStore
-from qddens_monai.label.scoring import EnsembleScorer
-from qddens_monai.label.selection import SuggestiveConfig, select_batch
+from .datastore import CheckedDatastore
+from .descriptors import DescriptorStore
+from .scoring import EnsembleScorer
+from .selection import SuggestiveConfig, select_batch
 
 __all__ = ["SCORE_KEY", "EnsembleScoring", "UncertaintyStrategy", "SuggestiveStrategy"]
 

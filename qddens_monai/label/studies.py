@@ -16,8 +16,8 @@ from typing import Callable, Optional, Union
 from monai.data import NibabelWriter
 from monai.transforms import LoadImage
 
-from qddens_monai.data import dicom_series_in
-from qddens_monai.files import atomic_write
+from ..data import dicom_series_in
+from ..files import atomic_write
 
 __all__ = ["convert_dicom_studies", "convert_dicom_series"]
 

@@ -34,9 +34,9 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
 
-from qddens_monai.data import DataValidationError, check_datalist
-from qddens_monai.files import atomic_write_text
-from qddens_monai.label.screening import problems_text
+from ..data import DataValidationError, check_datalist
+from ..files import atomic_write_text
+from .screening import problems_text
 
 __all__ = ["CheckedTrainTask", "TrainingRefused", "TrainStatsWriter", "check_train_request"]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from qddens_monai.losses.parts import LossWithParts
+from .parts import LossWithParts
 
 __all__ = ["EnsembleDistillationLoss"]
 

@@ -18,7 +18,7 @@ from typing import Any, Union
 import torch
 from torch.nn.modules.loss import _Loss
 
-from qddens_monai.ensemble import EnsembleOutput
+from ..ensemble import EnsembleOutput
 
 __all__ = ["DeepDiversityLoss", "FeatureInput"]
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 
-from qddens_monai.ensemble import EnsembleOutput, is_ensemble_output
-from qddens_monai.losses.diversity import DeepDiversityLoss
-from qddens_monai.losses.parts import LossWithParts
+from ..ensemble import EnsembleOutput, is_ensemble_output
+from .diversity import DeepDiversityLoss
+from .parts import LossWithParts
 
 __all__ = ["EnsembleLoss"]
 

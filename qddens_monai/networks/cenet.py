@@ -22,7 +22,7 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_dropout_layer, get_norm_layer
 from monai.utils import UpsampleMode, ensure_tuple, look_up_option
 
-from qddens_monai.networks.staged import StagedBackbone
+from .staged import StagedBackbone
 
 __all__ = ["CENet", "CENetResBlock", "DACBlock", "RMPBlock", "CENetDecoderBlock", "match_spatial_size"]
 

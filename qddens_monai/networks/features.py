@@ -54,7 +54,7 @@ from monai.networks.blocks.activation_checkpointing import ActivationCheckpointW
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 
-from qddens_monai.networks.staged import BOTTLENECK, DECODER, ENCODER, FEATURE_ROLES, STEM, UNSPECIFIED
+from .staged import BOTTLENECK, DECODER, ENCODER, FEATURE_ROLES, STEM, UNSPECIFIED
 
 __all__ = [
     "STEM",

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from torch import nn
 
-from qddens_monai.ensemble import EnsembleOutput
-from qddens_monai.networks import staged_monai  # noqa: F401  (registers the UNet / BasicUNet adapters)
-from qddens_monai.networks.cenet import CENet
-from qddens_monai.networks.features import FeatureExtractor, FeatureLevel, feature_levels, feature_shapes
-from qddens_monai.networks.fusion import FeatureFusionBlock, resize_to
-from qddens_monai.networks.staged import as_staged
-from qddens_monai.quantization import DEFAULT_PORTIONS, freeze, quantize_network, quantized_layers
+from ..ensemble import EnsembleOutput
+from ..quantization import DEFAULT_PORTIONS, freeze, quantize_network, quantized_layers
+from . import staged_monai  # noqa: F401  (registers the UNet / BasicUNet adapters)
+from .cenet import CENet
+from .features import FeatureExtractor, FeatureLevel, feature_levels, feature_shapes
+from .fusion import FeatureFusionBlock, resize_to
+from .staged import as_staged
 
 __all__ = ["QMENet", "QUANTIZATION_PRESETS", "BACKBONES", "quantization_preset"]
 

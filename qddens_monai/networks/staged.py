@@ -144,7 +144,7 @@ def as_staged(net: nn.Module) -> Optional[nn.Module]:
     class, else ``None`` (the network can only be run through forward hooks)."""
     if is_staged(net):
         return net
-    from qddens_monai.networks import staged_monai  # noqa: F401  (registers the MONAI UNet / BasicUNet adapters)
+    from . import staged_monai  # noqa: F401  (registers the MONAI UNet / BasicUNet adapters)
 
     adapter = next((_ADAPTERS[t] for t in type(net).__mro__ if t in _ADAPTERS), None)
     return None if adapter is None else adapter(net)

@@ -17,14 +17,7 @@ from monai.networks.blocks.activation_checkpointing import ActivationCheckpointW
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, UNet
 
-from qddens_monai.networks.staged import (
-    BOTTLENECK,
-    DECODER,
-    ENCODER,
-    StagedBackbone,
-    StageView,
-    register_staged_adapter,
-)
+from .staged import BOTTLENECK, DECODER, ENCODER, StagedBackbone, StageView, register_staged_adapter
 
 __all__ = ["StagedUNet", "StagedBasicUNet"]
 

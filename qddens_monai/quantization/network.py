@@ -9,9 +9,9 @@ from typing import Optional, Union
 from torch import nn
 from torch.nn.utils import parametrize
 
-from qddens_monai.quantization.parametrizations import IncrementalQuantization, StraightThroughQuantization
-from qddens_monai.quantization.partition import PARTITIONS, check_portions
-from qddens_monai.quantization.quantizers import get_quantizer
+from .parametrizations import IncrementalQuantization, StraightThroughQuantization
+from .partition import PARTITIONS, check_portions
+from .quantizers import get_quantizer
 
 __all__ = [
     "DEFAULT_PORTIONS",

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from qddens_monai.files import atomic_write
-from qddens_monai.quantization.network import freeze, quantized_layers
-from qddens_monai.quantization.parametrizations import IncrementalQuantization
-from qddens_monai.quantization.quantizers import get_quantizer
+from ..files import atomic_write
+from .network import freeze, quantized_layers
+from .parametrizations import IncrementalQuantization
+from .quantizers import get_quantizer
 
 __all__ = ["PACKED_FORMAT_VERSION", "PackedSize", "save_packed", "load_packed", "load_packed_network"]
 

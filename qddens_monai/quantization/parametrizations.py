@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from qddens_monai.quantization.partition import select_weights_to_freeze, step_generator
-from qddens_monai.quantization.quantizers import Quantizer
+from .partition import select_weights_to_freeze, step_generator
+from .quantizers import Quantizer
 
 __all__ = ["IncrementalQuantization", "StraightThroughQuantization"]
 

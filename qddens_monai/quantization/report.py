@@ -11,9 +11,9 @@ from typing import Union
 import torch
 from torch import nn
 
-from qddens_monai.files import atomic_write_text
-from qddens_monai.quantization.network import quantized_layers
-from qddens_monai.quantization.parametrizations import IncrementalQuantization
+from ..files import atomic_write_text
+from .network import quantized_layers
+from .parametrizations import IncrementalQuantization
 
 __all__ = ["TensorQuantization", "QuantizationReport", "quantization_report", "write_quantization_report"]
 
