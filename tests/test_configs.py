@@ -161,3 +161,30 @@ def test_configured_handlers_produce_what_they_are_for(tmp_path):
     assert plan["settings"]["portions"] == [0.5, 1.0] and plan["settings"]["roi_size"] == [32, 32]
     assert plan["fingerprint"]["num_images"] == 16
     assert "100.0%" in (eval_dir / "quantization_report.txt").read_text()
+
+
+@pytest.mark.slow
+def test_published_shape_flags_of_the_bundle_readme(tmp_path):
+    """The flags the bundle's README gives for the published shape, run through MONAI's CLI, build four learners
+    of one size fused at every level (a flag the CLI silently drops, e.g. ``None``, would leave the default)."""
+    import shlex
+
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    block = readme.split("is one set of flags away:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    flags = shlex.split(block.replace("\\\n", " "))
+    flags = flags[flags.index("configs/train.json") + 1 :]
+    check = tmp_path / "check.json"
+    check.write_text(json.dumps({"check": ["$print('SHAPE', @network_def.num_learners, @network_def.level_roles)"]}))
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "check",
+        "--config_file",
+        json.dumps(["configs/train.json", str(check)]),
+    ]
+    proc = subprocess.run(cmd + flags, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("SHAPE"))
+    assert line.startswith("SHAPE 4 ['encoder', 'encoder', 'encoder', 'bottleneck', 'decoder', 'decoder']"), line
