@@ -38,15 +38,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from regularization_benchmark import load_slices  # noqa: E402
-from results_benchmark import schedule_handler  # noqa: E402
+from slices import PORTIONS, collect, load_slices, mean_sd, run_jobs, slice_data, slice_trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHERS = ("default", "uniform")
@@ -62,7 +60,6 @@ SETTINGS = {
     "full": {"num_train": 24, "num_test": 12, "shape": [160, 160], "teacher": [40, 5], "student": [80, 10]},
     "quick": {"num_train": 2, "num_test": 2, "shape": [64, 64], "teacher": [2, 1], "student": [2, 1]},
 }
-PORTIONS = [0.3, 0.6, 0.8, 1.0]
 LEARNING_RATE, LR_DECAY, BATCH_SIZE, DIFFICULTY, NUM_CLASSES, UNIFORM_MEMBERS = 2e-3, 0.5, 4, 0.6, 3, 3
 
 
@@ -110,35 +107,12 @@ class MeanProbability:
 
 
 def train(network, loss, cases: list[dict[str, Any]], schedule: list[int], quantized: bool, seed: int) -> float:
-    """MONAI's ``SupervisedTrainer`` over whole slices with flips; returns CPU seconds."""
-    import torch
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
-    from monai.transforms import Compose, RandFlipd
+    """:func:`slices.slice_trainer` run to the end, the flips and the learning rate seeded by ``seed``; returns CPU
+    seconds."""
     from monai.utils import set_determinism
 
     set_determinism(seed)
-    aug = Compose([RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in (0, 1)])
-    aug.set_random_state(seed)
-    loader = DataLoader(
-        Dataset(cases, aug),
-        batch_size=BATCH_SIZE,
-        shuffle=True,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    fp, per_step = schedule
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=fp + len(PORTIONS) * per_step,
-        train_data_loader=loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=loss,
-        decollate=False,
-        train_handlers=[schedule_handler(network, optimizer, fp, per_step, len(PORTIONS), quantized, LR_DECAY)],
-    )
+    trainer = slice_trainer(network, loss, cases, tuple(schedule), quantized, seed, LEARNING_RATE, LR_DECAY, BATCH_SIZE)
     t0 = time.process_time()
     trainer.run()
     return time.process_time() - t0
@@ -236,10 +210,6 @@ def run_student(name: str, seed: int, data_json: str, cfg: dict[str, Any], out: 
     return result
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± sd per run name; each distilled student paired with ``labels`` and with its teacher per seed."""
     by = {(r["run"], r["seed"]): r for r in runs}
@@ -249,7 +219,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rs = [r for r in runs if r["run"] == n]
         if rs:
             keys = [k for k in rs[0] if k.startswith("dice")] + ["cpu_s"]
-            stats[n] = {k: _mean_sd([r[k] for r in rs]) for k in keys}
+            stats[n] = {k: mean_sd([r[k] for r in rs]) for k in keys}
             stats[n]["seeds"] = len(rs)
     for n, (teacher, _, _) in STUDENTS.items():
         if teacher is None:
@@ -257,7 +227,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for ref in ("labels", f"teacher_{teacher}"):
             d = [by[(n, s)]["dice"] - by[(ref, s)]["dice"] for (r, s) in by if r == n and (ref, s) in by]
             if d:
-                paired[f"{n} - {ref}"] = {**_mean_sd(d), "n": len(d)}
+                paired[f"{n} - {ref}"] = {**mean_sd(d), "n": len(d)}
     return {"stats": stats, "paired": paired}
 
 
@@ -291,14 +261,6 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
     return page
 
 
-def _pool_run(fn, jobs: list[tuple], data_json: str, cfg: dict[str, Any], out: Path, workers: int) -> None:
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(fn, name, seed, data_json, cfg, out) for name, seed in jobs]
-        for f in as_completed(futures):
-            r = f.result()
-            print(f"{r['run']} seed {r['seed']}: Dice {r['dice']:.3f} in {r['cpu_s']:.0f} CPU s", flush=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "distillation"))
@@ -311,30 +273,18 @@ def main() -> None:
     cfg = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    from qddens_monai.data import write_demo_mr_2d
-
-    data = out / f"data_{cfg['num_train']}_{cfg['num_test']}_{cfg['shape'][0]}x{cfg['shape'][1]}"
-    if not (data / "dataset.json").is_file():
-        write_demo_mr_2d(
-            data, cfg["num_train"], cfg["num_test"], shape=cfg["shape"], num_classes=NUM_CLASSES, difficulty=DIFFICULTY
-        )
-    data_json = str(data / "dataset.json")
+    data_json = slice_data(out, cfg, DIFFICULTY, NUM_CLASSES)
     t0 = time.time()
 
     def todo(names, prefix: str = "") -> list[tuple[str, int]]:
         return [(n, s) for s in args.seeds for n in names if not (out / "runs" / f"{prefix}{n}_seed{s}.json").is_file()]
 
-    _pool_run(run_teacher, todo(TEACHERS, "teacher_"), data_json, cfg, out, args.workers)
-    _pool_run(run_student, todo(STUDENTS), data_json, cfg, out, args.workers)
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    result = {
-        "machine": f"{os.cpu_count()} cores, 1 torch thread per job, {args.workers} worker process(es)",
-        "wall_s": time.time() - t0,
-        "setting": cfg,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
-    (out / "distillation.json").write_text(json.dumps(result, indent=1))
+    def report(r: dict[str, Any]) -> str:
+        return f"{r['run']} seed {r['seed']}: Dice {r['dice']:.3f} in {r['cpu_s']:.0f} CPU s"
+
+    run_jobs(run_teacher, [(*j, data_json, cfg, out) for j in todo(TEACHERS, "teacher_")], args.workers, report)
+    run_jobs(run_student, [(*j, data_json, cfg, out) for j in todo(STUDENTS)], args.workers, report)
+    result = collect(out, "distillation.json", cfg, args.workers, t0, summarize)
     if args.docs:
         print(f"wrote {write_report(result, Path(args.docs))}")
     for k, d in result["summary"]["paired"].items():

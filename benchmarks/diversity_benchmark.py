@@ -36,15 +36,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from regularization_benchmark import load_slices  # noqa: E402
-from results_benchmark import schedule_handler  # noqa: E402
+from slices import PORTIONS, collect, load_slices, mean_sd, run_jobs, slice_data, slice_trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: ``network_def`` overrides of the published shape: 4 learners of one size, fused at every level.
@@ -69,7 +67,6 @@ SETTINGS = {
     "full": {"num_train": 24, "num_test": 12, "shape": [160, 160], "fp_epochs": 40, "epochs_per_step": 5},
     "quick": {"num_train": 2, "num_test": 2, "shape": [64, 64], "fp_epochs": 2, "epochs_per_step": 1},
 }
-PORTIONS = [0.3, 0.6, 0.8, 1.0]
 LEARNING_RATE, LR_DECAY, BATCH_SIZE, DIFFICULTY = 2e-3, 0.5, 4, 0.6
 
 
@@ -133,9 +130,6 @@ def measure(network, cases: list[dict[str, Any]]) -> dict[str, Any]:
 def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: Path) -> dict[str, Any]:
     """Train one variant for one seed with MONAI's ``SupervisedTrainer``; measure it on the test slices."""
     import torch
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
-    from monai.transforms import Compose, RandFlipd
     from monai.utils import set_determinism
 
     from qddens_monai.files import atomic_write_text
@@ -143,37 +137,14 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     torch.set_num_threads(1)
     set_determinism(seed)
     train_cases, test_cases = load_slices(data_json, "training"), load_slices(data_json, "test")
-    aug = Compose([RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in (0, 1)])
-    aug.set_random_state(seed)
-    loader = DataLoader(
-        Dataset(train_cases, aug),
-        batch_size=BATCH_SIZE,
-        shuffle=True,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
-    )
     network, loss = make_network(variant)
-    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    fp, per_step = cfg["fp_epochs"], cfg["epochs_per_step"]
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=fp + len(PORTIONS) * per_step,
-        train_data_loader=loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=loss,
-        decollate=False,
-        train_handlers=[schedule_handler(network, optimizer, fp, per_step, len(PORTIONS), True, LR_DECAY)],
-    )
+    schedule = (cfg["fp_epochs"], cfg["epochs_per_step"])
+    trainer = slice_trainer(network, loss, train_cases, schedule, True, seed, LEARNING_RATE, LR_DECAY, BATCH_SIZE)
     t0 = time.process_time()
     trainer.run()
     result = {"variant": variant, "seed": seed, "cpu_s": time.process_time() - t0, **measure(network, test_cases)}
     atomic_write_text(out_file, json.dumps(result, indent=1))
     return result
-
-
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
 SCALARS = ("dice_meta", "dice_mean", "dice_base", "disagreement", "output_ambiguity", "cpu_s")
@@ -188,12 +159,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rs = [r for r in runs if r["variant"] == v]
         if not rs:
             continue
-        stats[v] = {k: _mean_sd([r[k] for r in rs]) for k in SCALARS}
+        stats[v] = {k: mean_sd([r[k] for r in rs]) for k in SCALARS}
         stats[v]["feature_diversity"] = np.mean([r["feature_diversity"] for r in rs], axis=0).tolist()
         stats[v]["seeds"] = len(rs)
         pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base and v != "none"]
         if pairs:
-            paired[v] = {k: _mean_sd([a[k] - b[k] for a, b in pairs]) for k in SCALARS if k != "cpu_s"}
+            paired[v] = {k: mean_sd([a[k] - b[k] for a, b in pairs]) for k in SCALARS if k != "cpu_s"}
             paired[v]["n"] = len(pairs)
     return {"stats": stats, "paired": paired}
 
@@ -260,30 +231,12 @@ def main() -> None:
     cfg = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    from qddens_monai.data import write_demo_mr_2d
-
-    data = out / f"data_{cfg['num_train']}_{cfg['num_test']}_{cfg['shape'][0]}x{cfg['shape'][1]}"
-    if not (data / "dataset.json").is_file():
-        write_demo_mr_2d(data, cfg["num_train"], cfg["num_test"], shape=cfg["shape"], difficulty=DIFFICULTY, seed=0)
-    data_json = str(data / "dataset.json")
+    data_json = slice_data(out, cfg, DIFFICULTY)
     t0 = time.time()
     jobs = [(v, s) for s in args.seeds for v in args.variants if not (out / "runs" / f"{v}_seed{s}.json").is_file()]
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = [pool.submit(run, v, s, data_json, cfg, out / "runs" / f"{v}_seed{s}.json") for v, s in jobs]
-        for f in as_completed(futures):
-            r = f.result()
-            print(
-                f"{r['variant']} seed {r['seed']}: meta Dice {r['dice_meta']:.3f}, disagreement {r['disagreement']:.4f}"
-            )
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    result = {
-        "machine": f"{os.cpu_count()} cores, 1 torch thread per job, {args.workers} worker process(es)",
-        "wall_s": time.time() - t0,
-        "setting": cfg,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
-    (out / "diversity.json").write_text(json.dumps(result, indent=1))
+    files = [(v, s, data_json, cfg, out / "runs" / f"{v}_seed{s}.json") for v, s in jobs]
+    run_jobs(run, files, args.workers, lambda r: f"{r['variant']} seed {r['seed']}: meta Dice {r['dice_meta']:.3f}")
+    result = collect(out, "diversity.json", cfg, args.workers, t0, summarize)
     if args.docs:
         print(f"wrote {write_report(result, Path(args.docs))}")
     for v, d in result["summary"]["paired"].items():

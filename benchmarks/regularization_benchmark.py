@@ -38,14 +38,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_benchmark import schedule_handler  # noqa: E402
+from slices import PORTIONS, collect, load_slices, mean_sd, run_jobs, slice_data, slice_trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["unet_float", "unet_inq5", "qmenet", "qmenet_float"]
@@ -68,23 +67,7 @@ SETTINGS = {
 }
 #: The network measured (the 0.4.0 default), pinned so a rerun measures it whatever the current default is.
 NETWORK_0_4_0 = {"network_def#backbone_kwargs#num_res_units": 1, "network_def#fusion_roles": None}
-PORTIONS = [0.3, 0.6, 0.8, 1.0]
 LEARNING_RATE, LR_DECAY, BATCH_SIZE, DIFFICULTY = 2e-3, 0.5, 2, 0.6
-
-
-def load_slices(data_json: str, split: str) -> list[dict[str, Any]]:
-    """Every slice of a split as ``{"image": (1, H, W) z-scored, "label": (1, H, W)}`` float tensors."""
-    import nibabel as nib
-    import torch
-
-    root = Path(data_json).parent
-    cases = []
-    for item in json.loads(Path(data_json).read_text())[split]:
-        image = np.asarray(nib.load(str(root / item["image"])).dataobj, dtype=np.float32).squeeze()
-        label = np.asarray(nib.load(str(root / item["label"])).dataobj, dtype=np.float32).squeeze()
-        image = (image - image.mean()) / max(float(image.std()), 1e-6)
-        cases.append({"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label)[None]})
-    return cases
 
 
 def make_network(variant: str):
@@ -133,9 +116,6 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     """Train one variant for one seed; record the test and training Dice every ``eval_every`` epochs."""
     import torch
     from ignite.engine import Events
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
-    from monai.transforms import Compose, RandFlipd
     from monai.utils import set_determinism
 
     from qddens_monai.files import atomic_write_text
@@ -144,30 +124,10 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     torch.set_num_threads(1)
     set_determinism(seed)
     train_cases, test_cases = load_slices(data_json, "training"), load_slices(data_json, "test")
-    aug = Compose([RandFlipd(["image", "label"], prob=0.5, spatial_axis=a) for a in (0, 1)])
-    aug.set_random_state(seed)
-    loader = DataLoader(
-        Dataset(train_cases, aug),
-        batch_size=BATCH_SIZE,
-        shuffle=True,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
-    )
     network, loss = make_network(variant)
-    optimizer = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    fp, per_step = cfg["fp_epochs"], cfg["epochs_per_step"]
     quantized = variant in ("unet_inq5", "qmenet")
-    handler = schedule_handler(network, optimizer, fp, per_step, len(PORTIONS), quantized, LR_DECAY)
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=fp + len(PORTIONS) * per_step,
-        train_data_loader=loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=loss,
-        decollate=False,
-        train_handlers=[handler],
-    )
+    schedule = (cfg["fp_epochs"], cfg["epochs_per_step"])
+    trainer = slice_trainer(network, loss, train_cases, schedule, quantized, seed, LEARNING_RATE, LR_DECAY, BATCH_SIZE)
     curve: dict[str, list] = {"epoch": [], "test_dice": [], "train_dice": []}
 
     @trainer.on(Events.EPOCH_COMPLETED(every=cfg["eval_every"]))
@@ -185,18 +145,14 @@ def run(variant: str, seed: int, data_json: str, cfg: dict[str, Any], out_file: 
     return result
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± sd over seeds of the final and best test Dice, and each variant's final Dice paired with float."""
     out: dict[str, Any] = {}
     for v in VARIANTS:
         rs = [r for r in runs if r["variant"] == v]
         if rs:
-            out[v] = {key: _mean_sd([r[key] for r in rs]) for key in ("final_test_dice", "best_test_dice", "cpu_s")}
-            out[v]["final_gap"] = _mean_sd([r["train_dice"][-1] - r["test_dice"][-1] for r in rs])
+            out[v] = {key: mean_sd([r[key] for r in rs]) for key in ("final_test_dice", "best_test_dice", "cpu_s")}
+            out[v]["final_gap"] = mean_sd([r["train_dice"][-1] - r["test_dice"][-1] for r in rs])
             out[v]["seeds"] = len(rs)
     paired = {}
     for a, b in (("unet_inq5", "unet_float"), ("qmenet", "qmenet_float"), ("qmenet", "unet_float")):
@@ -207,7 +163,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if ra["variant"] == a and rb["variant"] == b and ra["seed"] == rb["seed"]
         ]
         if d:
-            paired[f"{a} - {b}"] = {**_mean_sd(d), "n": len(d)}
+            paired[f"{a} - {b}"] = {**mean_sd(d), "n": len(d)}
     return {"stats": out, "paired": paired}
 
 
@@ -274,30 +230,17 @@ def main() -> None:
     cfg = SETTINGS["quick" if args.quick else "full"]
     out = Path(args.out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    from qddens_monai.data import write_demo_mr_2d
-
-    data = out / f"data_{cfg['num_train']}_{cfg['num_test']}_{cfg['shape'][0]}x{cfg['shape'][1]}"
-    if not (data / "dataset.json").is_file():
-        write_demo_mr_2d(data, cfg["num_train"], cfg["num_test"], shape=cfg["shape"], difficulty=DIFFICULTY, seed=0)
-    data_json = str(data / "dataset.json")
+    data_json = slice_data(out, cfg, DIFFICULTY)
     t0 = time.time()
     jobs = [(v, s) for s in args.seeds for v in args.variants if not (out / "runs" / f"{v}_seed{s}.json").is_file()]
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = {pool.submit(run, v, s, data_json, cfg, out / "runs" / f"{v}_seed{s}.json"): (v, s) for v, s in jobs}
-        for f in as_completed(futures):
-            r = f.result()
-            print(
-                f"{r['variant']} seed {r['seed']}: final test Dice {r['final_test_dice']:.3f} in {r['cpu_s']:.0f} CPU s"
-            )
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    result = {
-        "machine": f"{os.cpu_count()} cores, 1 torch thread per job, {args.workers} worker process(es)",
-        "wall_s": time.time() - t0,
-        "setting": cfg,
-        "runs": runs,
-        "summary": summarize(runs),
-    }
-    (out / "regularization.json").write_text(json.dumps(result, indent=1))
+    files = [(v, s, data_json, cfg, out / "runs" / f"{v}_seed{s}.json") for v, s in jobs]
+    run_jobs(
+        run,
+        files,
+        args.workers,
+        lambda r: f"{r['variant']} seed {r['seed']}: final test Dice {r['final_test_dice']:.3f}",
+    )
+    result = collect(out, "regularization.json", cfg, args.workers, t0, summarize)
     if args.docs:
         print(f"wrote {write_report(result, Path(args.docs))}")
     for v, st in result["summary"]["stats"].items():
