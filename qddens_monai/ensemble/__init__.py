@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "learner_pairs",
             "max_disagreement",
         ],
-        ".learners": ["learner_names", "merge_learners", "split_learners", "unwrap_network"],
+        ".learners": ["activate", "learner_names", "merge_learners", "split_learners", "unwrap_network"],
         ".output": ["EnsembleOutput", "is_ensemble_output"],
     },
 )

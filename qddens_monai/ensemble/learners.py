@@ -8,7 +8,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["unwrap_network", "merge_learners", "split_learners", "learner_names"]
+__all__ = ["activate", "unwrap_network", "merge_learners", "split_learners", "learner_names"]
+
+
+def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    """A learner's probabilities from its logits (B, C, *S): ``"softmax"`` over the channels, else ``"sigmoid"``."""
+    return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
 
 
 def unwrap_network(network: Callable) -> Callable:

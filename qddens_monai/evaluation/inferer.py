@@ -12,7 +12,7 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
 # the learners' stacking order lives in the ensemble contract; re-exported here where inference uses it
-from ..ensemble.learners import learner_names, merge_learners, split_learners, unwrap_network
+from ..ensemble.learners import activate, learner_names, merge_learners, split_learners, unwrap_network
 
 __all__ = [
     "LearnerProbabilities",
@@ -118,7 +118,7 @@ class LearnerProbabilities(Inferer):
                         f"{type(module).__name__} has no `probabilities` and returned {type(out).__name__}, "
                         "not a tensor: put it in eval mode, or give it a `probabilities(x)` method."
                     )
-                probs = (torch.softmax(out, dim=1) if self.activation == "softmax" else torch.sigmoid(out))[None]
+                probs = activate(out, self.activation)[None]
             self.num_learners, self.num_classes = int(probs.shape[0]), int(probs.shape[2])
             return merge_learners(probs)
 

@@ -19,6 +19,7 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from ..ensemble import EnsembleOutput
+from ..ensemble.learners import activate
 
 __all__ = ["DeepDiversityLoss", "FeatureInput"]
 
@@ -185,8 +186,7 @@ class DeepDiversityLoss(_Loss):
         """
         if not isinstance(pred, Mapping) or "logits" not in pred:
             raise ValueError("inputs='probabilities' needs the ensemble's train-mode output dict with 'logits'.")
-        act = torch.softmax if self.activation == "softmax" else (lambda x, dim: torch.sigmoid(x))
-        return [[act(logits.float(), dim=1)] for logits in list(pred["logits"])[:-1]], ["output"]
+        return [[activate(logits.float(), self.activation)] for logits in list(pred["logits"])[:-1]], ["output"]
 
     @staticmethod
     def unpack(

@@ -8,6 +8,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from ..ensemble.learners import activate
+
 __all__ = ["DistillationNetwork", "load_checkpoint"]
 
 
@@ -86,5 +88,5 @@ class DistillationNetwork(nn.Module):
             return student
         with torch.no_grad():
             t = self.teacher.eval()(x)
-            teacher = torch.softmax(t, dim=1) if self.activation == "softmax" else torch.sigmoid(t)
+            teacher = activate(t, self.activation)
         return {"student": student, "teacher": teacher}

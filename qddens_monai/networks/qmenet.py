@@ -12,6 +12,7 @@ from monai.networks.nets import BasicUNet, SegResNet, UNet
 from torch import nn
 
 from ..ensemble import EnsembleOutput
+from ..ensemble.learners import activate
 from ..quantization import DEFAULT_PORTIONS, freeze, quantize_network, quantized_layers
 from . import staged_monai  # noqa: F401  (registers the UNet / BasicUNet adapters)
 from .cenet import CENet
@@ -328,8 +329,7 @@ class QMENet(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Every learner's probabilities, (K, B, out_channels, *S): for per-learner metrics and disagreement."""
         logits, _ = self.forward_learners(x)
-        act = (lambda z: torch.softmax(z, dim=1)) if self.activation == "softmax" else torch.sigmoid
-        return torch.stack([act(z) for z in logits])
+        return torch.stack([activate(z, self.activation) for z in logits])
 
     @torch.jit.unused
     def _train_output(self, logits: List[torch.Tensor], features: List[List[torch.Tensor]]) -> Dict[str, Any]:
