@@ -62,6 +62,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from slices import mean_sd  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 TASKS: dict[str, dict[str, Any]] = {
@@ -393,11 +396,7 @@ def paired(jobs: list[dict], task: str, a: str, b: str, key: str = "dice") -> di
         for j in jobs
         if j["task"] == task and a in j["variants"] and b in j["variants"]
     ]
-    return {**_mean_sd(d), "n": len(d)} if d else {}
-
-
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    return {**mean_sd(d), "n": len(d)} if d else {}
 
 
 def _cell(st: dict[str, Any], key: str, n: int, f: str = "{:.3f}") -> str:
@@ -425,7 +424,7 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                     if isinstance(x, (int, float))
                 }
             )
-            stats[v] = {k: _mean_sd([j["variants"][v][k] for j in tj if k in j["variants"].get(v, {})]) for k in keys}
+            stats[v] = {k: mean_sd([j["variants"][v][k] for j in tj if k in j["variants"].get(v, {})]) for k in keys}
         diffs = {
             f"{a} - {b}": paired(tj, task, a, b)
             for a, b in (
@@ -452,7 +451,7 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 if "mean_dice" in j["variants"].get(v, {})
             ]
             if meta_mean:
-                diffs[f"{v}: meta - mean output"] = {**_mean_sd(meta_mean), "n": len(meta_mean)}
+                diffs[f"{v}: meta - mean output"] = {**mean_sd(meta_mean), "n": len(meta_mean)}
         summary[task] = {"stats": stats, "paired": {k: v for k, v in diffs.items() if v}}
     return summary
 
