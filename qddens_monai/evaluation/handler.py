@@ -17,6 +17,7 @@ from ignite.metrics.metric import EpochWise, MetricUsage
 from monai.data import MetaTensor, decollate_batch
 from monai.handlers import from_engine
 from monai.utils import CommonKeys as Keys
+from monai.utils import optional_import
 
 from ..distributed import rank_and_world_size
 from ..files import atomic_write, atomic_write_text
@@ -189,10 +190,9 @@ class EnsembleMetrics(Metric):
         if unknown:
             raise ValueError(f"Unknown metrics {sorted(unknown)}; choose from {list(ALL_METRICS)}.")
         if "hd95" in metrics:
-            try:  # MONAI's surface distances need scipy; fail here, not after the first image
-                import scipy.ndimage  # noqa: F401
-            except ImportError as e:
-                raise ImportError("HD95 needs scipy (`pip install scipy`), or leave 'hd95' out of `metrics`.") from e
+            _, has_scipy = optional_import("scipy.ndimage")  # MONAI's surface distances: fail here, not later
+            if not has_scipy:
+                raise ImportError("HD95 needs scipy (`pip install scipy`), or leave 'hd95' out of `metrics`.")
         if isinstance(spacing, str) and spacing != "meta":
             raise ValueError(f"spacing must be numbers, None or 'meta', got {spacing!r}.")
         head, _, tail = key_column.partition("/")

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from monai.utils import optional_import
+
 from .imports import config_references, module_closure, resolve
 
 __all__ = [
@@ -128,10 +130,9 @@ def format_like_the_zoo(folder: Union[str, os.PathLike]) -> bool:
     the vendored copy is formatted with them. Needs ``black`` and ``isort`` (the ``test`` extra); without them the
     copy is left as written.
     """
-    try:
-        import black
-        import isort
-    except ImportError:
+    black, has_black = optional_import("black")
+    isort, has_isort = optional_import("isort")
+    if not (has_black and has_isort):
         return False
     mode = black.Mode(line_length=120, magic_trailing_comma=False)
     # ``scripts`` is third party from the zoo's root (no top-level scripts/ there), whatever the current folder

@@ -22,6 +22,8 @@ import sys
 import types
 from typing import Any
 
+from monai.utils import optional_import
+
 __all__ = ["import_monailabel", "monailabel_available"]
 
 _DONE = False
@@ -48,9 +50,8 @@ def _stand_ins() -> dict[str, types.ModuleType]:
         tv_utils.save_image = _missing_torchvision  # type: ignore[attr-defined]
         tv.utils = tv_utils  # type: ignore[attr-defined]
         mods.update({"torchvision": tv, "torchvision.utils": tv_utils})
-    try:
-        importlib.import_module("pydicom._storage_sopclass_uids")
-    except ImportError:  # pydicom >= 3 moved the SOP class UIDs to pydicom.uid
+    _, has_old_uids = optional_import("pydicom._storage_sopclass_uids")
+    if not has_old_uids:  # pydicom >= 3 moved the SOP class UIDs to pydicom.uid
         import pydicom.uid
 
         uids = types.ModuleType("pydicom._storage_sopclass_uids")
