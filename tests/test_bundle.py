@@ -167,6 +167,9 @@ def test_distill_and_student_inference(trained_2d):
         "64",
     )
     assert (root / "models" / "student.pt").is_file()
+    # the distillation loss's parts reach the curves through the trainer's output (LossPartsHandler)
+    header = (root / "eval" / "distill" / "training_history.csv").read_text().splitlines()[0].split(",")
+    assert {"loss/seg", "loss/kd"} <= set(header), header
     run_bundle("run", ["inference.json", "inference_student.json"], root)
     assert len(list((root / "eval" / "predictions_student").glob("*_seg.png"))) == 4
 

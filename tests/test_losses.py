@@ -482,6 +482,8 @@ def _run_trainer(net: nn.Module, loss_fn) -> tuple[list, str]:
     from monai.engines import SupervisedTrainer
     from monai.handlers import StatsHandler
 
+    from qddens_monai.handlers import LossPartsHandler, loss_parts_from_output
+
     data = [{"image": torch.rand(2, 1, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8))} for _ in range(2)]
     seen = []
     trainer = SupervisedTrainer(
@@ -491,12 +493,18 @@ def _run_trainer(net: nn.Module, loss_fn) -> tuple[list, str]:
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         loss_function=loss_fn,
-        train_handlers=[StatsHandler(name="qddens_parts", output_transform=loss_fn.log_parts, epoch_log=False)],
+        train_handlers=[
+            LossPartsHandler(loss_fn),
+            StatsHandler(name="qddens_parts", output_transform=loss_parts_from_output, epoch_log=False),
+        ],
     )
     # StatsHandler's logger does not propagate to the root logger: listen to it directly
     logger, listener = logging.getLogger("qddens_parts"), _ListHandler()
     logger.addHandler(listener)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: seen.append(loss_fn.log_parts()))
+    # after the trainer decollated its output: the parts are in each sample's dict
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: seen.append(loss_parts_from_output(engine.state.output))
+    )
     before = [p.detach().clone() for p in net.parameters()]
     try:
         trainer.run()

@@ -17,7 +17,7 @@ from monai.networks.nets import UNet
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
 from qddens_monai.data.vessels import create_vessel_image_2d
-from qddens_monai.handlers import IncrementalQuantizationHandler
+from qddens_monai.handlers import IncrementalQuantizationHandler, LossPartsHandler
 from qddens_monai.handlers.plots import OverlayHandler, TrainingCurvesHandler, learner_disagreement, max_disagreement
 from qddens_monai.losses import EnsembleLoss
 from qddens_monai.networks import QMENet
@@ -75,7 +75,6 @@ def make_run(
     if ensemble:
         net = tiny_net(in_channels=in_channels, quantization="qdd_ens" if quantize else "float")
         loss = EnsembleLoss()
-        curves_kw.setdefault("loss_parts", loss.log_parts)
     else:
         net = UNet(2, in_channels, 2, channels=(4, 8), strides=(2,), num_res_units=0)
         loss = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -98,6 +97,8 @@ def make_run(
     curves = TrainingCurvesHandler(tmp_path, evaluator=evaluator, network=net, **curves_kw)
     validation = ValidationHandler(interval=1, validator=evaluator)
     handlers = [curves, validation] if curves_first else [validation, curves]
+    if ensemble:  # the parts reach the curves through the trainer's output, as in the bundle
+        handlers.append(LossPartsHandler(loss))
     if quantize:
         handlers.insert(
             0,

@@ -8,6 +8,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ".incremental_quantization": ["IncrementalQuantizationHandler"],
         "..ensemble": ["learner_disagreement", "max_disagreement"],
         ".curves": ["TrainingCurvesHandler"],
+        ".loss_parts": ["LossPartsHandler", "loss_parts_from_output"],
         ".overlays": ["OverlayHandler"],
     },
 )

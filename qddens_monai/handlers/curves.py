@@ -22,6 +22,7 @@ from ..files import atomic_write
 from ..quantization import quantization_progress
 from .drawing import CurvePanel, draw_training_curves
 from .figures import save_figure, to_float
+from .loss_parts import loss_parts_from_output
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -58,8 +59,10 @@ class TrainingCurvesHandler:
     Attach it to the trainer (e.g. MONAI ``SupervisedTrainer``). Each epoch adds one row to the history:
 
     - ``loss``: the mean over the epoch's iterations of ``output_transform(engine.state.output)``;
-    - ``loss/<part>``: the epoch means of the parts returned by ``loss_parts(engine.state.output)``,
-      e.g. ``EnsembleLoss.log_parts`` (``loss/seg``, ``loss/seg/base_0``, ..., ``loss/diversity``); the
+    - ``loss/<part>``: the epoch means of the parts returned by ``loss_parts(engine.state.output)``, by
+      default the output's ``"loss/<part>"`` entries that a
+      :class:`~qddens_monai.handlers.LossPartsHandler` puts there (``loss/seg``, ``loss/seg/base_0``, ...,
+      ``loss/diversity`` of an ``EnsembleLoss``); the
       loss and its top-level parts are also logged, one line per epoch (``Epoch 3: loss 0.81 (seg 0.62,
       diversity 0.19)``): MONAI's ``StatsHandler`` logs ``engine.state.metrics`` at epoch end and
       ignores its ``output_transform`` there, so it cannot show them;
@@ -93,7 +96,6 @@ class TrainingCurvesHandler:
         {
             "_target_": "qddens_monai.handlers.TrainingCurvesHandler",
             "output_dir": "@output_dir",
-            "loss_parts": "@loss.log_parts",
             "evaluator": "@validate#evaluator",
             "network": "@network"
         }
@@ -102,8 +104,8 @@ class TrainingCurvesHandler:
         output_dir: folder of the PNG and the CSV (created if missing).
         output_transform: maps ``engine.state.output`` to the iteration's loss (a number or a one-element
             tensor). The default reads ``output["loss"]`` of MONAI trainers, decollated or not.
-        loss_parts: optional callable mapping ``engine.state.output`` to a dict of named floats, called at
-            every iteration, e.g. ``EnsembleLoss.log_parts`` (``"@loss.log_parts"`` in a bundle).
+        loss_parts: maps ``engine.state.output`` to a dict of named floats, called at every iteration; the
+            default reads the ``"loss/<part>"`` entries (:func:`~qddens_monai.handlers.loss_parts_from_output`).
         evaluator: the validation evaluator whose ``state.metrics`` are recorded after each of its runs.
             Without it only the trainer's ``engine.state.metrics`` are recorded.
         metric_names: record only these metrics (default: every scalar metric).
@@ -126,7 +128,7 @@ class TrainingCurvesHandler:
         self,
         output_dir: _PathLike,
         output_transform: Callable[[Any], Any] = default_loss_transform,
-        loss_parts: Optional[Callable[[Any], Mapping[str, Any]]] = None,
+        loss_parts: Callable[[Any], Mapping[str, Any]] = loss_parts_from_output,
         evaluator: Optional[Engine] = None,
         metric_names: Optional[Sequence[str]] = None,
         optimizer: Optional[torch.optim.Optimizer] = None,
@@ -224,12 +226,11 @@ class TrainingCurvesHandler:
         if loss is not None:
             self._loss_sum += loss
             self._loss_count += 1
-        if self.loss_parts is not None:
-            for key, value in dict(self.loss_parts(output) or {}).items():
-                v = to_float(value)
-                if v is not None:
-                    self._part_sums[key] = self._part_sums.get(key, 0.0) + v
-                    self._part_counts[key] = self._part_counts.get(key, 0) + 1
+        for key, value in dict(self.loss_parts(output) or {}).items():
+            v = to_float(value)
+            if v is not None:
+                self._part_sums[key] = self._part_sums.get(key, 0.0) + v
+                self._part_counts[key] = self._part_counts.get(key, 0) + 1
         optimizer = self.optimizer if self.optimizer is not None else getattr(engine, "optimizer", None)
         if optimizer is not None:
             self._lrs = [float(g["lr"]) for g in optimizer.param_groups]

@@ -43,8 +43,8 @@ class EnsembleDistillationLoss(LossWithParts):
     passes ``(pred, target)``, ``loss({"student": s, "teacher": t}, target)`` for a wrapper network that returns
     both in train mode. A plain ``pred`` tensor without teacher (eval-mode output) gives ``seg_loss(pred, y)``.
     The parts of the last call are kept detached in ``self.last_parts`` (``"seg"``, ``"kd"`` (the
-    ``T**2``-scaled KL), ``"total"``); ``log_parts`` returns them as floats and works as an ignite
-    ``output_transform``.
+    ``T**2``-scaled KL), ``"total"``); a :class:`~qddens_monai.handlers.LossPartsHandler` copies
+    them into the trainer's output.
 
     Example::
 

@@ -40,12 +40,13 @@ class EnsembleLoss(LossWithParts):
 
     The parts of the last call are kept, detached, in ``self.last_parts`` (``"seg/base_<i>"``, ``"seg/meta"``,
     ``"seg"`` (weighted sum), ``"diversity/level_<l>"`` (``"diversity/output"`` on probabilities),
-    ``"diversity"`` (reduced over levels, before ``alpha``) and ``"total"``). ``log_parts`` returns them as
-    floats and has the signature of an ignite ``output_transform``, so MONAI's stats handlers log them directly::
+    ``"diversity"`` (reduced over levels, before ``alpha``) and ``"total"``). In a trainer,
+    :class:`~qddens_monai.handlers.LossPartsHandler` copies them into ``engine.state.output`` as
+    ``"loss/<part>"``, where MONAI's stats handlers read them::
 
         loss = EnsembleLoss()
-        StatsHandler(name="train_parts", output_transform=loss.log_parts)  # or "$@loss_function.log_parts"
-        TensorBoardStatsHandler(log_dir=..., output_transform=loss.log_parts)
+        LossPartsHandler(loss)  # in the trainer's handlers
+        StatsHandler(name="train_parts", output_transform=loss_parts_from_output)
 
     Example::
 

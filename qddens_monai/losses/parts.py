@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch.nn.modules.loss import _Loss
 
@@ -11,19 +9,16 @@ __all__ = ["LossWithParts"]
 
 
 class LossWithParts(_Loss):
-    """Base of the losses made of named parts; ``last_parts`` holds the last call's parts, detached."""
+    """Base of the losses made of named parts; ``last_parts`` holds the last call's parts, detached.
+
+    In a trainer, :class:`~qddens_monai.handlers.LossPartsHandler` copies them into ``engine.state.output``
+    (``"loss/<part>"``), where handlers read them.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.last_parts: dict[str, torch.Tensor] = {}
 
-    def log_parts(self, output: Any = None) -> dict[str, float]:
-        """
-        The parts of the last call as python floats, for logging.
-
-        Args:
-            output: ignored; present so that this method can be passed as an ignite/MONAI
-                ``output_transform`` (which is called with ``engine.state.output``).
-
-        """
+    def log_parts(self) -> dict[str, float]:
+        """The parts of the last call as python floats."""
         return {name: float(value) for name, value in self.last_parts.items()}
