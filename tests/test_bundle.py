@@ -186,6 +186,7 @@ def test_3d_multiclass_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
     meta = summary["summary"]["meta"]
     assert {"dice", "dice_1", "dice_2", "hd95_1", "hd95_2"} <= set(meta), sorted(meta)
+    assert set(summary["disagreement"]["prob_difference"]["pairs_mean_per_class"]) == {"1", "2"}
     run_bundle("run", ["inference.json", "3d.json"], tmp_path, *flags, "--image_glob", "imagesTs/*")
     preds = sorted((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
     assert len(preds) == 2

@@ -207,6 +207,22 @@ def test_multiclass_and_sigmoid():
         image_metrics(probs[:, :2], lab * 255, metrics=("dice",))
 
 
+def test_per_class_disagreement():
+    """Two learners that agree on class 1 and disagree on class 2: the per-class columns say which."""
+    lab = torch.zeros(1, 8, 8, dtype=torch.long)
+    lab[0, :4] = 1
+    lab[0, 4:, :4] = 2
+    oh = torch.stack([lab[0] == c for c in range(3)]).float()
+    a = oh.clone()
+    b = oh.clone()
+    b[:, 4:, :4] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # learner b calls class 2 background
+    row = image_metrics(torch.stack([a, b]), lab, metrics=("dice",), class_names=["liver", "spleen"])
+    assert row["prob_difference/pairs_mean_liver"] == pytest.approx(0.0)
+    assert row["prob_difference/pairs_mean_spleen"] == pytest.approx(16 / 64)
+    binary = image_metrics(torch.stack([a[:2], b[:2]]), (lab == 1).long(), metrics=("dice",))
+    assert not any(k.startswith("prob_difference/pairs_mean_") for k in binary)  # one class: no per-class columns
+
+
 # ---------------------------------------------------------------- inferer wrapper
 def test_learner_probabilities_qmenet_and_wrappers():
     from monai.inferers import SlidingWindowInferer

@@ -119,7 +119,8 @@ class EnsembleMetrics(Metric):
       ``image_<n>``), ``masked``, ``voxels`` (voxels evaluated), then ``<member>/<metric>`` columns
       (``dice``, ``hd95``, ``sensitivity``, ``specificity``, ``auc``, and ``<metric>_<class>`` when
       there are several foreground classes), then ``disagreement/<a>-<b>`` and
-      ``prob_difference/<a>-<b>`` for each learner pair and their ``base_mean`` / ``pairs_mean``;
+      ``prob_difference/<a>-<b>`` for each learner pair and their ``base_mean`` / ``pairs_mean`` (and
+      ``prob_difference/pairs_mean_<class>`` per foreground class when there are several);
     - ``metrics_summary.json``: mean, std, median, min, max, ``n`` and ``nan`` count of every
       column per member, the K x K disagreement matrices and the key metric;
     - ``metrics_summary.csv``: the same statistics, one row per (member, metric);
@@ -379,6 +380,11 @@ class EnsembleMetrics(Metric):
                 "base_mean": columns.get(f"{kind}/base_mean"),
                 "pairs_mean": columns.get(f"{kind}/pairs_mean"),
             }
+            per_class = {
+                c.rsplit("/pairs_mean_", 1)[1]: v for c, v in columns.items() if c.startswith(f"{kind}/pairs_mean_")
+            }
+            if per_class:  # several foreground classes: the pairs' mean per class
+                disagreement[kind]["pairs_mean_per_class"] = per_class
         key = columns.get(self.key_column)
         return {
             "num_images": len(rows),

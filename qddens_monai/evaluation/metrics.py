@@ -276,7 +276,8 @@ def image_metrics(
     Returns:
         ``{"masked": 0 / 1, "voxels": voxels evaluated, f"{member}/{metric}": value, ...,
         f"disagreement/{a}-{b}": ..., f"prob_difference/{a}-{b}": ...,
-        "disagreement/base_mean", "disagreement/pairs_mean", (same for prob_difference)}``.
+        "disagreement/base_mean", "disagreement/pairs_mean", (same for prob_difference),
+        f"prob_difference/pairs_mean_{class}" per foreground class when there are several}``.
     """
     probs = _plain(probs)
     if probs.ndim < 3:
@@ -317,6 +318,14 @@ def image_metrics(
             if k - 1 >= 2:  # the base learners' own diversity, the quantity diversity training pushes up
                 row[f"{kind}/base_mean"] = nan_mean([mat[i, j] for i, j in pairs if j < k - 1])
             row[f"{kind}/pairs_mean"] = nan_mean([mat[i, j] for i, j in pairs])
+        fg = foreground_channels(c, activation)
+        if len(fg) > 1:  # where the learners disagree most, class by class
+            names_fg = [str(ch) for ch in fg] if class_names is None else [str(n) for n in class_names]
+            sel = None if inside is None else inside.to(probs.device)
+            for cname, ch in zip(names_fg, fg):
+                diff_c = learner_disagreement(probs.float(), "pairwise", foreground=ch, activation=activation)
+                diff_c = diff_c if sel is None else diff_c[sel]
+                row[f"prob_difference/pairs_mean_{cname}"] = float(diff_c.mean()) if diff_c.numel() else float("nan")
     return row
 
 
