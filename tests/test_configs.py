@@ -174,7 +174,8 @@ def test_published_shape_flags_of_the_bundle_readme(tmp_path):
     flags = shlex.split(block.replace("\\\n", " "))
     flags = flags[flags.index("configs/train.json") + 1 :]
     check = tmp_path / "check.json"
-    check.write_text(json.dumps({"check": ["$print('SHAPE', @network_def.num_learners, @network_def.level_roles)"]}))
+    shape = "$print('SHAPE', @network_def.num_learners, @network_def.level_roles, @quantization, @lr_decay_per_step)"
+    check.write_text(json.dumps({"check": [shape]}))
     cmd = [
         sys.executable,
         "-m",
@@ -188,3 +189,4 @@ def test_published_shape_flags_of_the_bundle_readme(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("SHAPE"))
     assert line.startswith("SHAPE 4 ['encoder', 'encoder', 'encoder', 'bottleneck', 'decoder', 'decoder']"), line
+    assert line.endswith("qme_net 0.5"), line  # the published bit widths (meta learner at 16) and lr halvings

@@ -90,6 +90,12 @@ def test_presets_and_quantization_settings():
         )
     assert bits == {"base_learners0": {4}, "base_learners1": {5}, "base_learners2": {6}, "meta": {16}}
     assert not any(name.startswith("fusion") for name, _, _ in quantized_layers(net))
+    # float_meta: the same base learners, no quantized layer in the meta learner (the bundle's default)
+    float_meta = tiny_ensemble(quantization="float_meta")
+    names = [name for name, _, _ in quantized_layers(float_meta)]
+    assert names and all(name.startswith("base_learners") for name in names)
+    assert quantization_preset("float_meta", 4)[:3] == quantization_preset("qme_net", 4)[:3]
+    assert quantization_preset("float_meta", 4)[3] is None
     custom = tiny_ensemble(
         num_learners=3, quantization=[{"method": "dorefa", "bits": 3}, None, {"method": "ternary", "bits": 2}]
     )

@@ -32,13 +32,15 @@ BACKBONES: dict[str, tuple[type[nn.Module], str]] = {
 
 #: The published quantization settings, per learner (base learners first, meta learner last).
 #: Both use the D2ED2Q public code's log min-max quantizer with its two-stage partition.
-QUANTIZATION_PRESETS = ("qme_net", "qdd_ens", "float")
+QUANTIZATION_PRESETS = ("qme_net", "float_meta", "qdd_ens", "float")
 
 
 def quantization_preset(name: str, num_learners: int) -> list[Optional[dict[str, Any]]]:
     """Per-learner quantization settings of a published preset.
 
     - ``"qme_net"``: base learners at 4, 5, 6 bits (cycled), meta learner at 16 bits (QME-Net);
+    - ``"float_meta"``: the same base learners, the meta learner in float: the incremental schedule never
+      freezes the weights of the learner that makes the prediction;
     - ``"qdd_ens"``: every learner at 5 bits (QDD-Ens / D2ED2Q);
     - ``"float"``: no quantization.
     """
@@ -46,8 +48,13 @@ def quantization_preset(name: str, num_learners: int) -> list[Optional[dict[str,
         raise ValueError(f"Unknown quantization preset {name!r}; choose one of {list(QUANTIZATION_PRESETS)}.")
     if name == "float":
         return [None] * num_learners
-    bits = [(4, 5, 6)[k % 3] for k in range(num_learners - 1)] + [16] if name == "qme_net" else [5] * num_learners
-    return [{"method": "log_minmax", "bits": b, "partition": "two_stage", "seed": k} for k, b in enumerate(bits)]
+    bits: list[Optional[int]] = [5] * num_learners
+    if name in ("qme_net", "float_meta"):
+        bits = [(4, 5, 6)[k % 3] for k in range(num_learners - 1)] + [16 if name == "qme_net" else None]
+    return [
+        None if b is None else {"method": "log_minmax", "bits": b, "partition": "two_stage", "seed": k}
+        for k, b in enumerate(bits)
+    ]
 
 
 def _as_list(value: Any, n: int, what: str) -> list:
@@ -104,7 +111,7 @@ class QMENet(nn.Module):
         levels: explicit feature levels per learner (``None`` entries use the defaults); any
             explicit entry makes the ensemble run through hooks.
         fusion_roles: roles of the levels that are fused (default: every level).
-        quantization: a preset name (``"qme_net"``, ``"qdd_ens"``, ``"float"``) or one dict of
+        quantization: a preset name (``"qme_net"``, ``"float_meta"``, ``"qdd_ens"``, ``"float"``) or one dict of
             :func:`~qddens_monai.quantization.quantize_network` arguments (or ``None``) per learner.
         portions: accumulated portions of the incremental schedule, for learners whose
             settings do not give their own.
