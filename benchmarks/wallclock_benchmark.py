@@ -21,9 +21,12 @@ Tasks (data generated once, the same for every variant and seed):
 
 Variants (each defined by its own overrides, so a stored result stays what its name says when the defaults move):
 
-- ``default``: the bundle as shipped (since 0.5.0: one 4-bit base learner 8..64 of plain convolutions, fused
-  with a 16-bit meta learner the size of the plain UNet, 16..128 with 2 residual units, at the encoder levels and
-  the bottleneck); ``default_base4``: the same with a base learner of 4..32 channels;
+- ``default``: the bundle as shipped (since 0.6.0: one 4-bit base learner 8..64 of plain convolutions, fused
+  with a float meta learner the size of the plain UNet, 16..128 with 2 residual units, at the encoder levels and
+  the bottleneck; a constant learning rate); ``default_16bit_meta``: the meta learner at 16 bits, frozen step by
+  step as QME-Net does; ``default_lr_halving``: the learning rate halved at each quantization step;
+- ``default_0.5.0``: the 0.5.0 default (both of the above); ``default_0.5.0_base4``: with a base learner of
+  4..32 channels;
 - ``default_0.4.0``: the 0.4.0 default (the base learner with a residual unit, fused at every level);
   ``default_0.4.0_float``: that without quantization and without the diversity loss (``--quantization float
   --alpha 0``);
@@ -42,7 +45,7 @@ Usage::
 
     python benchmarks/wallclock_benchmark.py                 # 3 tasks x 3 seeds, 2 workers x 1 thread
     python benchmarks/wallclock_benchmark.py --quick         # checks the harness (1 task, 1 seed, 2 epochs)
-    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time default_base4
+    python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time default_0.5.0
 """
 
 from __future__ import annotations
@@ -82,14 +85,20 @@ TASKS: dict[str, dict[str, Any]] = {
         "difficulty": 0.7,
     },
 }
+#: The 0.5.0 default's training: a 16-bit meta learner (frozen step by step with the base learner) and the
+#: learning rate halved at each quantization step.
+V050 = {"quantization": "qme_net", "lr_decay_per_step": 0.5}
 #: The 0.4.0 default's network: its base learner had a residual unit and every level was fused.
-V040 = {"network_def#backbone_kwargs#num_res_units": 1, "network_def#fusion_roles": None}
+V040 = {**V050, "network_def#backbone_kwargs#num_res_units": 1, "network_def#fusion_roles": None}
 #: The 0.3.0 default's network: four learners of 8..64 (the meta learner sized as the base learners).
 FOUR_LEARNERS = {**V040, "network_def#num_learners": 4, "network_def#meta_kwargs": {}}
 #: Config overrides per bundle variant (``#`` paths as in MONAI configs); dims-specific ones by key 2 / 3.
 VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
-    "default_base4": {"network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
+    "default_16bit_meta": {"quantization": "qme_net"},
+    "default_lr_halving": {"lr_decay_per_step": 0.5},
+    "default_0.5.0": V050,
+    "default_0.5.0_base4": {**V050, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
     "default_0.4.0": V040,
     "default_0.4.0_float": {**V040, "quantization": "float", "alpha": 0.0},
     "four_learners": FOUR_LEARNERS,
@@ -109,7 +118,8 @@ VARIANTS: dict[str, dict[Any, Any]] = {
 #: The plain UNet's runs: result name -> the bundle variant whose CPU time it is given.
 UNET_BUDGETS = {
     "unet_same_time": "default",
-    "unet_default_base4_time": "default_base4",
+    "unet_0.5.0_time": "default_0.5.0",
+    "unet_0.5.0_base4_time": "default_0.5.0_base4",
     "unet_0.4.0_time": "default_0.4.0",
     "unet_four_learners_time": "four_learners",
 }
@@ -430,10 +440,13 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
             for a, b in (
                 ("default", "unet_same_time"),
                 ("default", "unet_same_epochs"),
-                ("default", "default_0.4.0"),
-                ("default", "four_learners"),
-                ("default_base4", "unet_default_base4_time"),
-                ("default_base4", "default"),
+                ("default", "default_0.5.0"),
+                ("default", "default_16bit_meta"),
+                ("default", "default_lr_halving"),
+                ("default_0.5.0", "unet_0.5.0_time"),
+                ("default_0.5.0_base4", "unet_0.5.0_base4_time"),
+                ("default_0.5.0_base4", "default_0.5.0"),
+                ("default_0.5.0", "default_0.4.0"),
                 ("default_0.4.0", "unet_0.4.0_time"),
                 ("default_0.4.0", "unet_same_epochs"),
                 ("default_0.4.0_float", "default_0.4.0"),
@@ -444,7 +457,7 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("four_learners_include_bg", "four_learners"),
             )
         }
-        for v in ("default", "default_base4", "default_0.4.0", "four_learners"):
+        for v in ("default", "default_0.5.0", "default_0.4.0", "four_learners"):
             meta_mean = [
                 j["variants"][v]["dice"] - j["variants"][v]["mean_dice"]
                 for j in tj
@@ -457,8 +470,11 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
 
 
 LABELS = {
-    "default": "bundle default (0.5.0: plain-conv base 8..64 at 4 bits, encoder-side fusion, meta 16..128)",
-    "default_base4": "default with a base learner of 4..32 channels",
+    "default": "bundle default (0.6.0: 0.5.0 with a float meta learner and a constant learning rate)",
+    "default_16bit_meta": "default with the meta learner at 16 bits, quantized step by step (QME-Net)",
+    "default_lr_halving": "default with the learning rate halved at each quantization step",
+    "default_0.5.0": "0.5.0 default (16-bit meta learner, learning rate halved at each step)",
+    "default_0.5.0_base4": "0.5.0 default with a base learner of 4..32 channels",
     "default_0.4.0": "0.4.0 default (base with a residual unit, fused at every level)",
     "default_0.4.0_float": "0.4.0 default without quantization and diversity loss",
     "four_learners": "0.3.0 default (4 UNet learners 8..64, quantized)",
@@ -467,7 +483,8 @@ LABELS = {
     "four_learners_include_bg": "0.3.0 default with the background channel in the Dice loss",
     "old_default": "0.1.0 default (4 CE-Net learners, mean, small crops)",
     "unet_same_time": "plain MONAI UNet, the default's CPU time",
-    "unet_default_base4_time": "plain MONAI UNet, default_base4's CPU time",
+    "unet_0.5.0_time": "plain MONAI UNet, the 0.5.0 default's CPU time",
+    "unet_0.5.0_base4_time": "plain MONAI UNet, default_0.5.0_base4's CPU time",
     "unet_0.4.0_time": "plain MONAI UNet, the 0.4.0 default's CPU time",
     "unet_four_learners_time": "plain MONAI UNet, the 0.3.0 default's CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
@@ -592,7 +609,10 @@ def main() -> None:
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
     phases = [
         ["default", "unet_same_time"],
-        ["default_base4", "unet_default_base4_time"],
+        ["default_16bit_meta"],
+        ["default_lr_halving"],
+        ["default_0.5.0", "unet_0.5.0_time"],
+        ["default_0.5.0_base4", "unet_0.5.0_base4_time"],
         ["default_0.4.0", "unet_0.4.0_time"],
         ["default_0.4.0_float"],
         ["four_learners", "unet_four_learners_time"],
