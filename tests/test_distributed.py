@@ -125,7 +125,9 @@ def test_a_killed_rank_fails_the_run_fast(single, tmp_path):
         f"lambda e: (open({str(marker)!r}, 'w').write(repr(time.time())), os.kill(os.getpid(), signal.SIGKILL)))"
     )
     (tmp_path / "kill.json").write_text(
-        json.dumps({"training": ["$import signal", "$import time"] + training[:-1] + [kill, training[-1]]})
+        json.dumps(
+            {"training": ["$import ignite", "$import signal", "$import time"] + training[:-1] + [kill, training[-1]]}
+        )
     )
     configs = json.dumps(["configs/train.json", "configs/multi_gpu_train.json", str(tmp_path / "kill.json")])
     proc = run(

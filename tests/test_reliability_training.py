@@ -96,7 +96,7 @@ def test_sigkill_mid_epoch_during_quantization_then_resume_latest_gives_identica
         "lambda e: os.kill(os.getpid(), signal.SIGKILL))"
     )
     (tmp_path / "kill.json").write_text(
-        json.dumps({"training": ["$import signal"] + training[:-1] + [kill, training[-1]]})
+        json.dumps({"training": ["$import ignite", "$import signal"] + training[:-1] + [kill, training[-1]]})
     )
     root = tmp_path / "run"
     proc = bundle("training", [CONFIGS / "train.json", tmp_path / "kill.json"], root, *TINY, *data)
