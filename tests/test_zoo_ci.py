@@ -185,6 +185,18 @@ def test_onnx_config_needs_onnxruntime(tmp_path):
     assert "onnxruntime" in required
 
 
+def test_metrics_config_needs_scipy_asked_for_with_optional_import(tmp_path):
+    """EnsembleMetrics asks for scipy (HD95) through optional_import in its body: a config naming it needs scipy."""
+    from qddens_monai.export.dependencies import config_dependencies
+
+    config = {"metric": {"_target_": "scripts.qddens_monai.evaluation.EnsembleMetrics", "metrics": ["dice", "hd95"]}}
+    vendored = tmp_path / "scripts" / "qddens_monai"
+    vendored.parent.mkdir()
+    vendored.symlink_to(REPO / "qddens_monai", target_is_directory=True)
+    required, _ = config_dependencies(config, vendored)
+    assert "scipy" in required
+
+
 def test_onnx_float_and_int8_write_to_different_folders(exported):
     folder = exported.folder
     outputs = {}

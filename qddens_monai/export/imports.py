@@ -82,6 +82,15 @@ def defining_module(root: Path, package: str, dotted: str) -> tuple[Optional[str
     return module_file(root, package, dotted)
 
 
+def _optional_import_name(node: ast.AST) -> str:
+    """The module named by a ``optional_import("name", ...)`` call, else ``""``."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "optional_import" and node.args:
+        arg = node.args[0]
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return arg.value
+    return ""
+
+
 def module_imports(file: Path, module: str) -> tuple[set[str], set[str]]:
     """(module-level, in-function) absolute module names imported by ``file`` (the module ``module``).
 
@@ -100,10 +109,8 @@ def module_imports(file: Path, module: str) -> tuple[set[str], set[str]]:
             elif isinstance(child, ast.ImportFrom):
                 base = resolve("." * child.level + (child.module or ""), package) if child.level else child.module
                 names = [base] + [f"{base}.{a.name}" for a in child.names]
-            elif isinstance(child, ast.Call) and getattr(child.func, "id", None) == "optional_import" and child.args:
-                arg = child.args[0]
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    lazy.add(arg.value)
+            elif _optional_import_name(child):
+                lazy.add(_optional_import_name(child))
             (lazy if inner else hard).update(names)
             visit(child, inner)
 
@@ -113,7 +120,8 @@ def module_imports(file: Path, module: str) -> tuple[set[str], set[str]]:
 
 def definition_imports(file: Path, module: str, name: str) -> set[str]:
     """Absolute module names imported inside the top-level function or class ``name`` of ``file``, and inside the
-    top-level functions and classes of the same module it names (transitively): what calling it may import."""
+    top-level functions and classes of the same module it names (transitively): what calling it may import
+    (``optional_import("x")`` included: the code that asks for ``x`` needs it)."""
     package = module if file.name == "__init__.py" else module.rpartition(".")[0]
     definitions = {
         node.name: node
@@ -132,6 +140,8 @@ def definition_imports(file: Path, module: str, name: str) -> set[str]:
                 found |= {a.name for a in child.names}
             elif isinstance(child, ast.ImportFrom):
                 found.add(resolve("." * child.level + (child.module or ""), package) if child.level else child.module)
+            elif _optional_import_name(child):  # the body needs it when it runs, as a plain import would
+                found.add(_optional_import_name(child))
             elif isinstance(child, ast.Name) and child.id in definitions:
                 todo.append(child.id)
     return found
