@@ -109,8 +109,8 @@ def module_imports(file: Path, module: str) -> tuple[set[str], set[str]]:
             elif isinstance(child, ast.ImportFrom):
                 base = resolve("." * child.level + (child.module or ""), package) if child.level else child.module
                 names = [base] + [f"{base}.{a.name}" for a in child.names]
-            elif _optional_import_name(child):
-                lazy.add(_optional_import_name(child))
+            elif optional := _optional_import_name(child):
+                lazy.add(optional)
             (lazy if inner else hard).update(names)
             visit(child, inner)
 
@@ -140,8 +140,8 @@ def definition_imports(file: Path, module: str, name: str) -> set[str]:
                 found |= {a.name for a in child.names}
             elif isinstance(child, ast.ImportFrom):
                 found.add(resolve("." * child.level + (child.module or ""), package) if child.level else child.module)
-            elif _optional_import_name(child):  # the body needs it when it runs, as a plain import would
-                found.add(_optional_import_name(child))
+            elif optional := _optional_import_name(child):  # the body needs it when it runs, as a plain import would
+                found.add(optional)
             elif isinstance(child, ast.Name) and child.id in definitions:
                 todo.append(child.id)
     return found
