@@ -163,6 +163,10 @@ def test_level_selection_by_role_and_index():
     # indices, negative ones count from the end; without roles all levels are used
     assert list(DeepDiversityLoss(levels=[0, -1]).per_level(feats)) == [0, 4]
     assert list(DeepDiversityLoss().per_level(feats)) == [0, 1, 2, 3, 4]
+    # the default on a network that fuses no encoder or decoder level (fusion_roles ["bottleneck"]): every level
+    assert list(DeepDiversityLoss().per_level([[f[2]] for f in feats], ["bottleneck"])) == [0]
+    with pytest.raises(ValueError, match="no level has a role"):
+        DeepDiversityLoss(levels=["encoder"]).per_level([[f[2]] for f in feats], ["bottleneck"])
     with pytest.raises(ValueError, match="no roles"):
         DeepDiversityLoss(levels=["encoder"])(feats)
     with pytest.raises(IndexError):

@@ -115,7 +115,9 @@ class DeepDiversityLoss(_Loss):
             levels: which levels to use, either level indices (negative indices count from the deepest level)
                 or level roles (e.g. ``("encoder", "decoder")``, matched against the ``roles`` passed with the
                 features). ``None`` (default) selects the ``"encoder"`` and ``"decoder"`` levels when roles are
-                given (the public code's 8 levels; stem and bottleneck are left out) and all levels otherwise.
+                given (the public code's 8 levels; stem and bottleneck are left out), and all levels when no
+                roles are given or none of them is an encoder or decoder level (e.g. a network that fuses only
+                its bottleneck).
             level_reduction: {``"sum"``, ``"mean"``} how the per-level values are combined. Defaults to
                 ``"sum"`` as in the public code (``alpha`` then scales with the number of levels).
             channel_reduction: {``"auto"``, ``"none"``, ``"mean"``} how learners' maps are made comparable over
@@ -232,7 +234,7 @@ class DeepDiversityLoss(_Loss):
             raise ValueError(f"got {len(roles)} roles for {num_levels} levels.")
         wanted = self.levels
         if wanted is None:
-            if roles is None:
+            if roles is None or not any(r in _DEFAULT_ROLES for r in roles):
                 return list(range(num_levels))
             wanted = list(_DEFAULT_ROLES)
         if any(isinstance(x, str) for x in wanted):
