@@ -17,6 +17,7 @@ Tasks (data generated once, the same for every variant and seed):
 - ``mr2d_3class``: the same images with the organ's outer and central zones as classes 1 and 2;
 - ``mr2d_real_split``: the binary images at the external check's split (113 training images, of which the
   bundle holds out 23 for validation, and 38 test): about 4x the steps per epoch of ``mr2d``;
+- ``mr2d_3class_real_split``: the 3-class images at that split (the external check's multi-class run);
 - ``spheres3d``: 3D spheres (``write_demo_3d``, difficulty 0.7), 48^3 voxels, binary.
 
 Variants (each defined by its own overrides, so a stored result stays what its name says when the defaults move):
@@ -25,6 +26,8 @@ Variants (each defined by its own overrides, so a stored result stays what its n
   with a float meta learner the size of the plain UNet, 16..128 with 2 residual units, at the encoder levels and
   the bottleneck; a constant learning rate); ``default_16bit_meta``: the meta learner at 16 bits, frozen step by
   step as QME-Net does; ``default_lr_halving``: the learning rate halved at each quantization step;
+- ``default_meta_res1`` / ``default_meta_res0``: the default with a cheaper meta learner, 1 or no residual unit
+  per level instead of 2 (a training step 1.13x / 0.87x the plain UNet's instead of 1.4x);
 - ``default_0.5.0``: the 0.5.0 default (both of the above); ``default_0.5.0_base4``: with a base learner of
   4..32 channels;
 - ``default_0.4.0``: the 0.4.0 default (the base learner with a residual unit, fused at every level);
@@ -45,6 +48,7 @@ Usage::
 
     python benchmarks/wallclock_benchmark.py                 # 3 tasks x 3 seeds, 2 workers x 1 thread
     python benchmarks/wallclock_benchmark.py --quick         # checks the harness (1 task, 1 seed, 2 epochs)
+    python benchmarks/wallclock_benchmark.py --step-times    # one training step of each network, interleaved
     python benchmarks/wallclock_benchmark.py --tasks mr2d_real_split --variants default unet_same_time default_0.5.0
 """
 
@@ -75,6 +79,14 @@ TASKS: dict[str, dict[str, Any]] = {
     "mr2d_3class": {"dims": 2, "num_classes": 3, "data": "mr", "num_train": 24, "num_test": 12, "difficulty": 0.6},
     # the external check's split (about 90 training / 23 validation / 38 test slices) on the same kind of images
     "mr2d_real_split": {"dims": 2, "num_classes": 2, "data": "mr", "num_train": 113, "num_test": 38, "difficulty": 0.6},
+    "mr2d_3class_real_split": {
+        "dims": 2,
+        "num_classes": 3,
+        "data": "mr",
+        "num_train": 113,
+        "num_test": 38,
+        "difficulty": 0.6,
+    },
     "spheres3d": {
         "dims": 3,
         "num_classes": 2,
@@ -97,6 +109,8 @@ VARIANTS: dict[str, dict[Any, Any]] = {
     "default": {},
     "default_16bit_meta": {"quantization": "qme_net"},
     "default_lr_halving": {"lr_decay_per_step": 0.5},
+    "default_meta_res1": {"network_def#meta_kwargs#num_res_units": 1},
+    "default_meta_res0": {"network_def#meta_kwargs#num_res_units": 0},
     "default_0.5.0": V050,
     "default_0.5.0_base4": {**V050, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
     "default_0.4.0": V040,
@@ -118,6 +132,8 @@ VARIANTS: dict[str, dict[Any, Any]] = {
 #: The plain UNet's runs: result name -> the bundle variant whose CPU time it is given.
 UNET_BUDGETS = {
     "unet_same_time": "default",
+    "unet_meta_res1_time": "default_meta_res1",
+    "unet_meta_res0_time": "default_meta_res0",
     "unet_0.5.0_time": "default_0.5.0",
     "unet_0.5.0_base4_time": "default_0.5.0_base4",
     "unet_0.4.0_time": "default_0.4.0",
@@ -224,6 +240,41 @@ def parser_for(bundle: Path, dims: int, over: dict[str, Any]):
     parser.read_config(config_files(bundle, dims))
     parser.update({"bundle_root": str(bundle), **over})
     return parser
+
+
+def step_times(variants: list[str], reps: int = 12, batch: int = 6, size: int = 128) -> dict[str, dict[str, float]]:
+    """Training-step time (forward, loss, backward, Adam) of each bundle variant's network and loss and of the
+    plain UNet, interleaved in one process at one thread (so drift of the machine's speed hits all alike).
+
+    2D binary, a batch of ``batch`` crops of ``size``^2 as the default plans for the MR-like tasks. Returns per
+    name the median step in ms and its ratio to the UNet's (the first two repetitions are warm-up)."""
+    import statistics
+
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    torch.set_num_threads(1)
+    models = {}
+    for v in variants:
+        parser = parser_for(REPO / "bundle", 2, overrides_for("mr2d", v, 0, "unused.json", REPO, SCHEDULES["full"]))
+        models[v] = (parser.get_parsed_content("network_def"), parser.get_parsed_content("loss"))
+    unet = UNet(2, 1, 2, channels=UNET["channels"], strides=UNET["strides"], num_res_units=UNET["num_res_units"])
+    models["unet"] = (unet, DiceCELoss(to_onehot_y=True, softmax=True))
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 1, size, size), (torch.rand(batch, 1, size, size) > 0.7).float()
+    optimizers = {k: torch.optim.Adam(net.parameters(), lr=UNET["learning_rate"]) for k, (net, _) in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(reps):
+        for k, (net, loss) in models.items():
+            net.train()
+            t = time.perf_counter()
+            optimizers[k].zero_grad()
+            loss(net(x), y).backward()
+            optimizers[k].step()
+            times[k].append(time.perf_counter() - t)
+    median = {k: statistics.median(v[2:]) for k, v in times.items()}
+    return {k: {"ms": 1000 * m, "ratio": m / median["unet"]} for k, m in median.items()}
 
 
 def evaluate(network, parser, data_json: str, num_classes: int) -> dict[str, float]:
@@ -443,6 +494,10 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("default", "default_0.5.0"),
                 ("default", "default_16bit_meta"),
                 ("default", "default_lr_halving"),
+                ("default_meta_res1", "unet_meta_res1_time"),
+                ("default_meta_res0", "unet_meta_res0_time"),
+                ("default_meta_res1", "default"),
+                ("default_meta_res0", "default"),
                 ("default_0.5.0", "unet_0.5.0_time"),
                 ("default_0.5.0_base4", "unet_0.5.0_base4_time"),
                 ("default_0.5.0_base4", "default_0.5.0"),
@@ -473,6 +528,8 @@ LABELS = {
     "default": "bundle default (0.6.0: 0.5.0 with a float meta learner and a constant learning rate)",
     "default_16bit_meta": "default with the meta learner at 16 bits, quantized step by step (QME-Net)",
     "default_lr_halving": "default with the learning rate halved at each quantization step",
+    "default_meta_res1": "default with a meta learner of 1 residual unit per level",
+    "default_meta_res0": "default with a meta learner without residual units",
     "default_0.5.0": "0.5.0 default (16-bit meta learner, learning rate halved at each step)",
     "default_0.5.0_base4": "0.5.0 default with a base learner of 4..32 channels",
     "default_0.4.0": "0.4.0 default (base with a residual unit, fused at every level)",
@@ -483,6 +540,8 @@ LABELS = {
     "four_learners_include_bg": "0.3.0 default with the background channel in the Dice loss",
     "old_default": "0.1.0 default (4 CE-Net learners, mean, small crops)",
     "unet_same_time": "plain MONAI UNet, the default's CPU time",
+    "unet_meta_res1_time": "plain MONAI UNet, default_meta_res1's CPU time",
+    "unet_meta_res0_time": "plain MONAI UNet, default_meta_res0's CPU time",
     "unet_0.5.0_time": "plain MONAI UNet, the 0.5.0 default's CPU time",
     "unet_0.5.0_base4_time": "plain MONAI UNet, default_0.5.0_base4's CPU time",
     "unet_0.4.0_time": "plain MONAI UNet, the 0.4.0 default's CPU time",
@@ -588,7 +647,19 @@ def main() -> None:
         "--docs", default=None, help="write results_wallclock.md and the figure here (default: the repo's docs/)"
     )
     ap.add_argument("--report", action="store_true", help="only rewrite the report from --out's wallclock.json")
+    ap.add_argument(
+        "--step-times",
+        nargs="*",
+        choices=list(VARIANTS),
+        metavar="VARIANT",
+        help="only time one training step of these variants (default: the default and the cheaper meta learners) "
+        "and of the UNet, interleaved",
+    )
     args = ap.parse_args()
+    if args.step_times is not None:
+        for name, t in step_times(args.step_times or ["default", "default_meta_res1", "default_meta_res0"]).items():
+            print(f"{name:20s} {t['ms']:7.1f} ms  {t['ratio']:.2f}x the UNet's step")
+        return
     out = Path(args.out).resolve()
     docs = Path(args.docs) if args.docs else REPO / "docs"
     if args.report:  # from the job files written so far (an unfinished run included)
@@ -609,6 +680,8 @@ def main() -> None:
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
     phases = [
         ["default", "unet_same_time"],
+        ["default_meta_res1", "unet_meta_res1_time"],
+        ["default_meta_res0", "unet_meta_res0_time"],
         ["default_16bit_meta"],
         ["default_lr_halving"],
         ["default_0.5.0", "unet_0.5.0_time"],

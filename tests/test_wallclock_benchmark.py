@@ -74,3 +74,15 @@ def test_quick_run_scores_every_variant_at_matched_cpu_time(tmp_path):
     assert (out / "bundle" / "configs" / "train.json").read_text() == (
         ROOT / "bundle" / "configs" / "train.json"
     ).read_text()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_step_times_interleave_every_network_against_the_unet():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import wallclock_benchmark
+
+    times = wallclock_benchmark.step_times(["default", "default_meta_res0"], reps=3, batch=2, size=32)
+    assert set(times) == {"default", "default_meta_res0", "unet"}
+    assert times["unet"]["ratio"] == pytest.approx(1.0)
+    for name, t in times.items():
+        assert t["ms"] > 0 and t["ratio"] > 0, name
