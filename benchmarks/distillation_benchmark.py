@@ -75,6 +75,7 @@ def _parser(distill: bool = False):
     files = [configs / "train.json"] + ([configs / "distill.json"] if distill else [])
     parser.read_config(load_bundle_configs(files))
     parser["in_channels"], parser["num_classes"], parser["portions"] = 1, NUM_CLASSES, PORTIONS
+    parser["dataset_json"], parser["datalist"] = None, []  # the settings are given: no data set to plan from
     return parser
 
 

@@ -80,6 +80,7 @@ def make_network(variant: str):
     parser = ConfigParser()
     parser.read_config(load_bundle_configs([REPO / "bundle" / "configs" / "train.json"]))
     parser["in_channels"], parser["num_classes"], parser["portions"] = 1, 2, PORTIONS
+    parser["dataset_json"], parser["datalist"] = None, []  # the settings are given: no data set to plan from
     for key, value in PUBLISHED_SHAPE.items():
         parser[key] = value
     parser["alpha"] = alpha

@@ -224,7 +224,7 @@ def latency_figures(
     data2d = work / "demo_2d"
     ensure_demo_data(data2d, spatial_dims=2, size=128)
     p2 = parse(["inference.json"], {"dataset_dir": str(data2d)})
-    roi2 = list(p2.get_parsed_content("roi_size"))
+    roi2 = list(p2.get_parsed_content("plan#roi_size"))
     pre = p2.get_parsed_content("preprocessing")
     load_label = LoadImage(image_only=True, ensure_channel_first=True)
     binarize = label_transform("label", num_classes=2)
@@ -245,10 +245,13 @@ def latency_figures(
     )
 
     # 3D: the bundle's 3D switch; a synthetic volume.
-    p3 = parse(["inference.json", "3d.json"], {"roi_size": [32, 32, 32] if quick else [48, 48, 48]})
-    roi3 = list(p3.get_parsed_content("roi_size"))
+    untrained3d = {"in_channels": 1, "num_classes": 2, "modality": "mr"}  # no 3D weights ship: no plan to read
+    p3 = parse(["inference.json", "3d.json"], {**untrained3d, "roi_size": [32, 32, 32] if quick else [48, 48, 48]})
+    roi3 = list(p3.get_parsed_content("plan#roi_size"))
     ensemble3 = complete_schedule(p3.get_parsed_content("network_def"))
-    student3 = parse(["inference.json", "3d.json", "inference_student.json"], {}).get_parsed_content("network_def")
+    student3 = parse(["inference.json", "3d.json", "inference_student.json"], untrained3d).get_parsed_content(
+        "network_def"
+    )
     from monai.data.synthetic import create_test_image_3d
 
     side = roi3[0] if quick else 96

@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         write_volumes(work / "data" / "imagesTs", args.volumes, args.size)
         overrides = {
             "roi_size": [args.roi] * 3,
+            "in_channels": 1,  # an untrained 3D network: no plan.json beside its weights
+            "num_classes": 2,
+            "modality": "mr",
             "dataset_dir": str(work / "data"),
             "output_dir": str(work / "pred"),
             "image_glob": "imagesTs/*.nii.gz",

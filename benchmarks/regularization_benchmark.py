@@ -87,6 +87,7 @@ def make_network(variant: str):
     parser = ConfigParser()
     parser.read_config(load_bundle_configs([REPO / "bundle" / "configs" / "train.json"]))
     parser["in_channels"], parser["num_classes"], parser["portions"] = 1, 2, PORTIONS
+    parser["dataset_json"], parser["datalist"] = None, []  # the settings are given: no data set to plan from
     for key, value in NETWORK_0_4_0.items():
         parser[key] = value
     if variant == "qmenet_float":

@@ -257,7 +257,9 @@ def step_times(variants: list[str], reps: int = 12, batch: int = 6, size: int = 
     torch.set_num_threads(1)
     models = {}
     for v in variants:
-        parser = parser_for(REPO / "bundle", 2, overrides_for("mr2d", v, 0, "unused.json", REPO, SCHEDULES["full"]))
+        over = overrides_for("mr2d", v, 0, "unused.json", REPO, SCHEDULES["full"])
+        # no data: the settings the network needs are given, so the plan reads none
+        parser = parser_for(REPO / "bundle", 2, {**over, "dataset_json": None, "datalist": []})
         models[v] = (parser.get_parsed_content("network_def"), parser.get_parsed_content("loss"))
     unet = UNet(2, 1, 2, channels=UNET["channels"], strides=UNET["strides"], num_res_units=UNET["num_res_units"])
     models["unet"] = (unet, DiceCELoss(to_onehot_y=True, softmax=True))
@@ -606,21 +608,25 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
             sd = f" ± {d['sd']:.3f}" if d.get("n", 0) > 1 else ""
             lines.append(f"| {k} | {d['mean']:+.3f}{sd} | {d.get('n', '')} |")
         lines.append("")
-    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 4.6), squeeze=False)
-    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(order)}  # one colour per variant, every panel
+    legend_rows = -(-len(order) // 4)
+    height = 4.6 + 0.2 * legend_rows
+    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), height), squeeze=False)
+    # one colour and marker per variant, the same in every panel (ten colours x five markers)
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(order)}
+    markers = {v: "osD^v"[(i // 10) % 5] for i, v in enumerate(order)}
     for ax, task in zip(axes[0], summary):
         for v in order:
             runs = [j["variants"][v] for j in jobs if j["task"] == task and v in j["variants"]]
             if runs:
                 x = [r.get("cpu_s", np.nan) for r in runs]
-                ax.scatter(x, [r["dice"] for r in runs], label=LABELS[v], s=30, color=colours[v])
+                ax.scatter(x, [r["dice"] for r in runs], label=LABELS[v], s=30, color=colours[v], marker=markers[v])
         ax.set_title(task)
         ax.set_xlabel("training CPU seconds (1 thread)")
         ax.set_ylabel("test Dice")
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes[0] for h in ax.collections}
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.tight_layout(rect=(0, (0.2 * legend_rows + 0.15) / height, 1, 1))
     (docs / "images").mkdir(parents=True, exist_ok=True)
     fig.savefig(docs / "images" / "wallclock.png", dpi=90)
     lines += ["![Dice against CPU time](images/wallclock.png)", ""]

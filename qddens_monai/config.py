@@ -160,6 +160,14 @@ def _or_auto(check: Callable[[Any, Mapping], str | None]) -> Callable[[Any, Mapp
     return auto
 
 
+def _modality(v: Any, _: Mapping) -> str | None:
+    from .data.transforms import MODALITIES, MODALITY_ALIASES
+
+    if isinstance(v, str) and MODALITY_ALIASES.get(v.lower(), v.lower()) in MODALITIES:
+        return None
+    return f"must be one of {list(MODALITIES)} or an alias {sorted(MODALITY_ALIASES)}"
+
+
 def _path(v: Any, _: Mapping) -> str | None:
     return None if isinstance(v, (str, os.PathLike)) else "must be a path (a string)"
 
@@ -167,8 +175,9 @@ def _path(v: Any, _: Mapping) -> str | None:
 #: setting name -> check returning ``None`` or what is expected
 SETTING_CHECKS: dict[str, Callable[[Any, Mapping], str | None]] = {
     "spatial_dims": _int(2, 3),
-    "in_channels": _int(1),
-    "num_classes": _int(2),
+    "in_channels": _or_auto(_int(1)),
+    "num_classes": _or_auto(_int(2)),
+    "modality": _or_auto(_modality),
     "roi_size": _or_auto(_roi_size),
     "num_samples": _or_auto(_int(1)),
     "batch_size": _int(1),

@@ -170,7 +170,9 @@ def test_wrong_channel_count_in_2d(project, tmp_path):
         str(tmp_path / "dataset.json"),
         [{"image": str(tmp_path / "grey.png"), "label": str(tmp_path / "label.png")}] * 2,
     )
-    log = run_failing(root, "--dataset_dir", str(tmp_path), "--roi_size", "[16,16]", config="configs/train.json")
+    # "auto" would plan 1 channel for these images: the user's in_channels wins, and the check names the file
+    args = ["--dataset_dir", str(tmp_path), "--roi_size", "[16,16]", "--in_channels", "3"]
+    log = run_failing(root, *args, config="configs/train.json")
     assert f"{tmp_path}/grey.png: has 1 channels, the network expects in_channels=3" in log
 
 

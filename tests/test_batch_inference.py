@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from qddens_monai.config import load_bundle_configs
-from qddens_monai.data import write_dicom_series
+from qddens_monai.data import write_dicom_series, write_plan
 
 # subprocess / bundle / server / venv runs: deselect with -m 'not slow' for the edit-test loop
 pytestmark = pytest.mark.slow
@@ -42,6 +42,9 @@ def test_good_inputs_are_written_bad_ones_reported_and_the_run_fails(tmp_path):
     for key, value in TINY.items():
         parser[key] = value
     (tmp_path / "models").mkdir()
+    # a trained model's folder: its weights and the plan its training wrote (1-channel MR, 2 classes)
+    write_plan(tmp_path / "models", {"spatial_dims": 3, "in_channels": 1, "num_classes": 2, "modality": "mr"})
+    parser["bundle_root"] = str(tmp_path)
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
 
     images = tmp_path / "data" / "imagesTs"

@@ -74,10 +74,13 @@ def test_metadata_is_complete():
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
     train = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
     infer = ConfigParser.load_config_file(str(CONFIGS / "inference.json"))
+    shipped = json.loads((BUNDLE / "models" / "plan.json").read_text())["settings"]  # the shipped weights' plan
+    assert image["num_channels"] == shipped["in_channels"] == len(image["channel_def"])
+    assert pred["num_channels"] == shipped["num_classes"] == len(pred["channel_def"])
+    assert image["modality"].lower() == shipped["modality"]
     for config in (train, infer):
-        assert image["num_channels"] == config["in_channels"] == len(image["channel_def"])
-        assert pred["num_channels"] == config["num_classes"] == len(pred["channel_def"])
-        assert len(image["spatial_shape"]) == config["spatial_dims"]
+        assert config["in_channels"] == config["num_classes"] == config["modality"] == "auto"  # planned
+        assert len(image["spatial_shape"]) == config["spatial_dims"] == shipped["spatial_dims"]
     for field in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data"):
         assert field in image and field in pred, field
 
@@ -88,6 +91,8 @@ def test_check_properties(tmp_path, monkeypatch, workflow_type, configs):
         BUNDLE
     )  # as the bundle runs: inference.json's "%configs/train.json#network_def" is read from here
     files = [str(CONFIGS / c) for c in configs]
+    (tmp_path / "models").mkdir()  # inference runs a trained model: its settings are in the plan beside it
+    (tmp_path / "models" / "plan.json").write_bytes((BUNDLE / "models" / "plan.json").read_bytes())
     workflow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         meta_file=str(CONFIGS / "metadata.json"),
@@ -146,6 +151,7 @@ def test_train_resume_evaluate_infer_2d(trained_2d):
 def test_shipped_or_trained_checkpoint_matches_network_def_exactly(trained_2d):
     root, _ = trained_2d
     config = ConfigParser(load_bundle_configs(CONFIGS / "inference.json"))  # network_def from train.json
+    config["bundle_root"] = str(root)  # in_channels / num_classes from the plan the training wrote
     net = config.get_parsed_content("network_def")
     for path in (root / "models" / "model.pt", BUNDLE / "models" / "model.pt"):
         assert path.is_file(), f"{path} is missing"  # both must exist: the trained and the shipped weights

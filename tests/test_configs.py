@@ -11,18 +11,21 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
 from qddens_monai.config import load_bundle_configs
+from qddens_monai.data import write_plan
 from qddens_monai.export import load_bundle_network
 from qddens_monai.quantization import is_quantization_complete, quantization_progress, quantization_step
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
 TINY = {"network_def#backbone_kwargs#channels": [4, 8, 16, 32], "network_def#meta_kwargs#channels": [4, 8, 16, 32]}
+#: what training plans on the 2D demo data, given: these parsers build networks without reading any data
+DEMO_PLAN = {"in_channels": 3, "num_classes": 2, "modality": "rgb"}
 
 
 def parser_of(*names, **overrides):
     parser = ConfigParser()
     parser.read_config(load_bundle_configs([CONFIGS / n for n in names]))
-    for key, value in {**TINY, **overrides}.items():
+    for key, value in {**TINY, **DEMO_PLAN, **overrides}.items():
         parser[key] = value
     return parser
 
@@ -44,7 +47,7 @@ def handler_index(parser, target, section="train#handlers"):
 
 def trained_with_portions(tmp_path, portions):
     """A finished schedule of ``portions`` (no training needed: the steps only freeze weights), saved as model.pt."""
-    parser = parser_of("train.json", portions=portions, device="$torch.device('cpu')")
+    parser = parser_of("train.json", portions=portions, device="$torch.device('cpu')", bundle_root=str(tmp_path))
     handler = parser.get_parsed_content(f"train#handlers#{handler_index(parser, 'IncrementalQuantizationHandler')}")
     net = parser.get_parsed_content("network")
     assert handler.network is net and handler.num_steps == len(portions)  # the configured schedule, set on the network
@@ -53,6 +56,8 @@ def trained_with_portions(tmp_path, portions):
     assert quantization_progress(net) == (len(portions), len(portions)) and is_quantization_complete(net)
     (tmp_path / "models").mkdir()
     torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    settings = {**parser.get_parsed_content("settings"), **parser.get_parsed_content("plan")}
+    write_plan(tmp_path / "models", settings, parser.get_parsed_content("fingerprint"))  # as training does
     return net.eval()
 
 
@@ -157,8 +162,9 @@ def test_configured_handlers_produce_what_they_are_for(tmp_path):
     assert list((eval_dir / "checkpoints").glob("checkpoint_epoch=*.pt"))  # checkpoint_saver (resumable)
     assert list(eval_dir.glob("events.out.tfevents.*"))  # TensorBoardStatsHandler
     assert list((eval_dir / "overlays").glob("*.png"))  # OverlayHandler
-    plan = json.loads((eval_dir / "plan.json").read_text())
+    plan = json.loads((models / "plan.json").read_text())  # beside the model: inference reads it back
     assert plan["settings"]["portions"] == [0.5, 1.0] and plan["settings"]["roi_size"] == [32, 32]
+    assert plan["settings"]["in_channels"] == 3 and plan["settings"]["modality"] == "rgb"  # planned: RGB PNGs
     assert plan["fingerprint"]["num_images"] == 16
     assert "100.0%" in (eval_dir / "quantization_report.txt").read_text()
 

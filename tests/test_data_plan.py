@@ -83,10 +83,13 @@ def test_the_bundle_reads_the_headers_once_for_its_plan(mr_set, tmp_path, monkey
     fingerprint = dataset_fingerprint(items)  # the same, from a fingerprint or from the datalist
     assert plan_roi_size(fingerprint, 2) == plan_roi_size(items, 2) and plan_num_samples(fingerprint, [128, 128]) == 3
     parser = ConfigParser(load_bundle_configs(bundle_dir() / "configs" / "train.json"))
-    parser.update({"datalist": items, "output_dir": str(tmp_path), "in_channels": 1})
+    parser.update({"dataset_json": mr_set, "datalist": items, "output_dir": str(tmp_path)})
     reads.clear()
     assert parser.get_parsed_content("plan#roi_size") == [128, 128]
     assert parser.get_parsed_content("plan#num_samples") == 3
+    assert parser.get_parsed_content("plan#in_channels") == 1  # planned: the set's single-channel NIfTI
+    assert parser.get_parsed_content("plan#num_classes") == 2  # its dataset.json's two labels
+    assert parser.get_parsed_content("plan#modality") == "mr"  # its dataset.json's modality "MR"
     write_plan(tmp_path, parser.get_parsed_content("plan"), parser.get_parsed_content("fingerprint"))
     assert len(reads) == len(items)  # one header read per image for the whole plan
     assert json.loads((tmp_path / "plan.json").read_text())["fingerprint"] == fingerprint
@@ -126,3 +129,98 @@ def test_planning_skips_unreadable_files_so_the_data_check_can_name_them(mr_set,
     nothing = [{"image": str(tmp_path / "missing.nii.gz")}]
     assert dataset_fingerprint(nothing)["median_size"] is None
     assert plan_roi_size(nothing, 3) == [64, 64, 64] and plan_num_samples(nothing, [64, 64, 64]) == 1
+
+
+def _png_set(root, labels, mode="RGB", meta=None):
+    """PNG images with the given label arrays and a dataset.json holding only ``meta`` besides the training list."""
+    root.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, label in enumerate(labels):
+        image = np.zeros(label.shape + ((len(mode),) if len(mode) > 1 else ()), np.uint8)
+        Image.fromarray(image, mode).save(root / f"img{i}.png")
+        Image.fromarray(label.astype(np.uint8)).save(root / f"lab{i}.png")
+        items.append({"image": f"img{i}.png", "label": f"lab{i}.png"})
+    (root / "dataset.json").write_text(json.dumps({"training": items, **(meta or {})}))
+    return str(root / "dataset.json")
+
+
+def test_channels_classes_and_modality_are_planned_from_the_data(tmp_path, mr_set):
+    from qddens_monai.data import plan_in_channels, plan_modality, plan_num_classes, write_dicom_series
+
+    three = np.zeros((32, 40), np.uint8)
+    three[4:10, 4:10], three[20:30, 20:30] = 1, 2
+    rgb = _png_set(tmp_path / "rgb", [three, three, three])  # no "labels", no "modality"
+    items = load_datalist(rgb, "training")
+    assert plan_in_channels(items) == 3 and plan_num_classes(rgb, items) == 3 and plan_modality(rgb, items) == "rgb"
+    Image.fromarray(np.zeros((32, 40, 4), np.uint8), "RGBA").save(tmp_path / "rgb" / "img0.png")
+    assert plan_in_channels(items) == 3  # the most common count: check_datalist then names the RGBA file
+    masks = _png_set(tmp_path / "masks", [three.astype(bool) * 255] * 2, mode="L")
+    masks_items = load_datalist(masks, "training")
+    assert plan_num_classes(masks, masks_items) == 2 and plan_in_channels(masks_items) == 1  # 0/255: binary
+    assert plan_modality(masks, masks_items) == "rgb"  # 8-bit files: the fixed 0..255 range
+
+    mr = load_datalist(mr_set, "training")
+    assert plan_in_channels(mr) == 1 and plan_num_classes(mr_set, mr) == 2 and plan_modality(mr_set, mr) == "mr"
+    for names, expected in [({"0": "CT"}, "ct"), ({"0": "T2", "1": "ADC"}, "mr"), ({"0": "CT", "1": "PET"}, "mr")]:
+        content = json.loads(open(mr_set).read())
+        (tmp_path / "named.json").write_text(json.dumps({**content, "modality": names}))
+        assert plan_modality(tmp_path / "named.json", mr) == expected, names
+    (tmp_path / "ct" / "s").mkdir(parents=True)
+    write_dicom_series(np.zeros((16, 16, 4), np.float32), out_dir=str(tmp_path / "ct" / "s"))  # Modality CT
+    assert plan_modality(None, [{"image": str(tmp_path / "ct" / "s")}]) == "ct"
+
+
+def test_a_trained_models_settings_come_from_its_plan(tmp_path):
+    from qddens_monai.data import planned
+
+    plan_file = tmp_path / "plan.json"
+    with pytest.raises(FileNotFoundError, match=r"plan.json: not found.*Give --in_channels"):
+        planned(plan_file, "in_channels")
+    assert planned(plan_file, "roi_size", default=[128, 128]) == [128, 128]
+    write_plan(tmp_path, {"spatial_dims": 2, "in_channels": 1, "num_classes": 3, "modality": "mr"})
+    assert planned(plan_file, "num_classes", spatial_dims=2) == 3
+    assert planned(plan_file, "num_classes", 4) == 4  # the user's value wins
+    with pytest.raises(ValueError, match=r"has no 'roi_size' setting.*Give --roi_size"):
+        planned(plan_file, "roi_size")
+    with pytest.raises(ValueError, match=r"the model beside it is 2D, the config is 3D"):
+        planned(plan_file, "in_channels", spatial_dims=3)
+
+    # the bundle's inference config: network, normalization and window of the model, without a flag
+    from monai.bundle import ConfigParser
+
+    from qddens_monai.config import bundle_dir, load_bundle_configs
+
+    (tmp_path / "models").mkdir()
+    write_plan(
+        tmp_path / "models",
+        {"spatial_dims": 2, "in_channels": 1, "num_classes": 3, "modality": "mr", "roi_size": [96, 96]},
+    )
+    parser = ConfigParser(load_bundle_configs(bundle_dir() / "configs" / "inference.json"))
+    parser["bundle_root"] = str(tmp_path)
+    net = parser.get_parsed_content("network_def")
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    import torch
+
+    assert tuple(net.eval()(torch.as_tensor(x)).shape) == (1, 3, 32, 32)
+    assert parser.get_parsed_content("plan") == {
+        "in_channels": 1,
+        "num_classes": 3,
+        "modality": "mr",
+        "roi_size": [96, 96],
+    }
+    parser["roi_size"] = [64, 64]
+    assert parser.get_parsed_content("plan#roi_size") == [64, 64]
+
+
+def test_a_stray_label_value_does_not_plan_more_classes(tmp_path):
+    from qddens_monai.data import check_datalist, plan_num_classes
+
+    binary = np.zeros((16, 16), np.uint8)
+    binary[4:8, 4:8] = 1
+    stray = binary.copy()
+    stray[0, 0] = 5
+    data = _png_set(tmp_path / "stray", [binary, stray], mode="L")
+    items = load_datalist(data, "training")
+    assert plan_num_classes(data, items) == 2  # 0 and 1 occur; 5 follows a gap
+    with pytest.raises(ValueError, match=r"lab1.png: label values \[5\] do not fit num_classes=2"):
+        check_datalist(items, spatial_dims=2, in_channels=1, num_classes=2)

@@ -30,6 +30,7 @@ def _bundle_copy(root: Path) -> Path:
 def _fresh_network():
     parser = ConfigParser()
     parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)  # the shipped model's plan: its in_channels and num_classes
     return parser.get_parsed_content("network_def")
 
 

@@ -102,7 +102,10 @@ def test_layout_zip_and_metadata(exported):
         "scripts/qddens_monai/export/onnx.py",
     ]:
         assert (folder / rel).is_file(), rel
-    assert sorted(p.name for p in (folder / "models").iterdir()) == ARTIFACTS
+    assert sorted(p.name for p in (folder / "models").iterdir()) == sorted(ARTIFACTS + ["plan.json"])
+    assert json.loads((folder / "models" / "plan.json").read_bytes()) == json.loads(
+        (BUNDLE / "models" / "plan.json").read_bytes()
+    )  # the model's settings, which evaluate.json reads beside it
     for left_out in ["cli.py", "demo.py", "label", "export/zoo.py", "export/vendor.py"]:
         assert not (folder / "scripts" / "qddens_monai" / left_out).exists(), left_out
     # the code is copied as it is and imports itself relatively: no import of the installed package is left
@@ -168,6 +171,7 @@ def test_torchscript_and_packed_start_reproduce_the_eager_model(exported):
         torch.testing.assert_close(ts(x), expected, atol=1e-5, rtol=1e-5)
         parser = ConfigParser()
         parser.read_config(load_bundle_configs(BUNDLE / "configs" / "inference.json"))
+        parser["bundle_root"] = str(BUNDLE)
         packed = load_packed_network(
             parser.get_parsed_content("network_def"), exported.folder / "models" / "model_packed.bin"
         )
@@ -261,7 +265,8 @@ def distilled_bundle(tmp_path_factory):
     for part in ("configs", "docs"):
         shutil.copytree(BUNDLE / part, root / part)
     (root / "models").mkdir()
-    shutil.copy2(BUNDLE / "models" / "model.pt", root / "models" / "model.pt")
+    for name in ("model.pt", "plan.json"):  # the shipped ensemble and the settings it was trained with
+        shutil.copy2(BUNDLE / "models" / name, root / "models" / name)
     run(
         [
             "-m",
@@ -299,6 +304,7 @@ def test_student_export_runs_in_the_fresh_venv(distilled_bundle, fresh_python, t
         "model.pt",
         "model.ts",
         "model_int8.onnx",
+        "plan.json",
     ]  # a float student: no packed file
     inference = json.loads((folder / "configs" / "inference.json").read_text())
     assert inference["network_def"]["_target_"] == "UNet"  # MONAI's own UNet: nothing to vendor for it

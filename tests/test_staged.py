@@ -10,6 +10,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 from monai.networks.nets.unet import CheckpointUNet
 
+from qddens_monai.config import load_bundle_configs
 from qddens_monai.networks import CENet, QMENet, StagedUNet, StageView, as_staged, is_staged
 from qddens_monai.networks.distillation import load_checkpoint
 from qddens_monai.quantization import freeze, is_quantization_complete, quantization_step, quantized_layers
@@ -167,10 +168,12 @@ def test_mixed_backbones_script():
 
 @pytest.mark.parametrize("overrides", [[], ["3d.json"]])
 def test_bundle_network_scripts(overrides):
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.json"), *[str(BUNDLE / "configs" / o) for o in overrides]])
+    parser = ConfigParser(load_bundle_configs([BUNDLE / "configs" / f for f in ["inference.json", *overrides]]))
+    parser["bundle_root"] = str(BUNDLE)  # the shipped weights' plan.json: in_channels, num_classes
+    if overrides:  # no 3D weights ship: an untrained 3D network
+        parser.update({"in_channels": 1, "num_classes": 2})
     net = parser.get_parsed_content("network_def")
-    dims, in_channels = parser.get_parsed_content("spatial_dims"), parser.get_parsed_content("in_channels")
+    dims, in_channels = parser.get_parsed_content("spatial_dims"), parser.get_parsed_content("plan#in_channels")
     assert net.staged
     if dims == 2:  # the shipped weights, strictly
         load_checkpoint(net, BUNDLE / "models" / "model.pt")

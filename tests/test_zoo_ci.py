@@ -84,7 +84,7 @@ def test_scripted_checkpoint_equals_eager(full_mode):
     try:
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
-        shape = (1, int(parser.get_parsed_content("in_channels")), *parser.get_parsed_content("roi_size"))
+        shape = (1, int(parser.get_parsed_content("plan#in_channels")), *parser.get_parsed_content("plan#roi_size"))
     finally:  # the vendored package must not stay imported as 'scripts' for other tests
         sys.path.remove(str(folder))
         for mod in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:

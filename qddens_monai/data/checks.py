@@ -65,7 +65,7 @@ class FileHeader:
     kind: str  # "nifti", "pil", "dicom", "itk"
     shape: tuple[int, ...]  # channel-first, as LoadImage + EnsureChannelFirst give it
     affine: np.ndarray | None = None  # RAS, as MONAI reports it; None for plain 2D image formats
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # NIfTI "ndim", PIL "mode", DICOM "modality"
 
 
 def _suffix(path: str) -> str:
@@ -173,7 +173,8 @@ def read_header(path: str) -> FileHeader:
         if len(sizes) > 1:
             raise _Problem(f"DICOM slices have different sizes (rows, columns) {sizes}")
         rows, cols = sizes[0]
-        return FileHeader(path, "dicom", (1, cols, rows, len(slices)), _dicom_affine(slices))
+        modality = {"modality": str(getattr(slices[0], "Modality", ""))}
+        return FileHeader(path, "dicom", (1, cols, rows, len(slices)), _dicom_affine(slices), modality)
 
     sfx = _suffix(path)
     if sfx == ".gif":
@@ -205,7 +206,8 @@ def read_header(path: str) -> FileHeader:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         shape = (1, int(ds.Columns), int(ds.Rows)) + ((frames,) if frames > 1 else ())
-        return FileHeader(path, "dicom", shape, _dicom_affine([ds]) if frames == 1 else None)
+        affine = _dicom_affine([ds]) if frames == 1 else None
+        return FileHeader(path, "dicom", shape, affine, {"modality": str(getattr(ds, "Modality", ""))})
     import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
     reader = sitk.ImageFileReader()

@@ -96,7 +96,9 @@ def load_bundle_network(
 
     Args:
         bundle_dir: the source bundle folder (with ``configs/``).
-        checkpoint: the weights (a state dict, or a checkpoint with a ``model`` entry).
+        checkpoint: the weights (a state dict, or a checkpoint with a ``model`` entry); their settings
+            (in_channels, num_classes, modality, roi_size) are read from the ``plan.json`` beside them, else from
+            ``bundle_dir/models/plan.json``, unless ``overrides`` give them.
         student: use the distilled student's network (``configs/inference_student.json`` merged in).
         overrides: config overrides (e.g. ``{"dataset_dir": ...}``).
 
@@ -108,7 +110,12 @@ def load_bundle_network(
     bundle_dir = Path(bundle_dir)
     parser = ConfigParser()
     parser.read_config(load_bundle_configs(_source_configs(bundle_dir, student), bundle_dir))
-    parser.update({"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')", **(overrides or {})})
+    # the settings the checkpoint was trained with: the plan.json its training wrote beside it, else the bundle's
+    plan = Path(checkpoint).parent / "plan.json"
+    plan = plan if plan.is_file() else bundle_dir / "models" / "plan.json"
+    parser.update(
+        {"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')", "plan_file": str(plan), **(overrides or {})}
+    )
     network = parser.get_parsed_content("network_def")
     load_checkpoint(network, checkpoint)
     if any(True for _ in quantized_layers(network)) and not is_quantization_complete(network):
@@ -322,6 +329,9 @@ def _build(
     # ("%configs/train.json#network_def") inlined: the Model Zoo's CI reads them from its repository's root.
     src = bundle_dir / "configs"
     inference = load_bundle_configs(_source_configs(bundle_dir, student), bundle_dir)
+    # the source model's planned settings, written out: the zoo bundle runs without the plan file beside it
+    plan = {k: parser.get_parsed_content(f"plan#{k}") for k in ("in_channels", "num_classes", "modality", "roi_size")}
+    inference.update(plan)
     inference["model_path"] = "$@bundle_root + '/models/model.pt'"
     inference["output_dir"] = "$@bundle_root + '/eval/predictions'"
     _write_json(configs / "inference.json", rewrite_config(inference))
@@ -337,9 +347,12 @@ def _build(
 
     # Weights: the checked state dict, TorchScript of the frozen network, packed low-bit weights.
     torch.save(network.state_dict(), models / "model.pt")
-    roi = list(parser.get_parsed_content("roi_size"))
-    in_channels = int(parser.get_parsed_content("in_channels"))
-    example = torch.rand(1, in_channels, *roi, generator=torch.Generator().manual_seed(0))
+    # evaluate.json and distill.json read the plan beside the model; written as the zoo's pre-commit formats JSON
+    source_plan = Path(parser.get_parsed_content("plan_file"))
+    trained = json.loads(source_plan.read_text()) if source_plan.is_file() else {}
+    _write_json(models / "plan.json", {**trained, "settings": {**trained.get("settings", {}), **plan}})
+    roi = list(plan["roi_size"])
+    example = torch.rand(1, int(plan["in_channels"]), *roi, generator=torch.Generator().manual_seed(0))
     if quantized:
         save_packed(network, models / "model_packed.bin", entropy_coding=True)
     frozen = freeze(copy.deepcopy(network)).eval()

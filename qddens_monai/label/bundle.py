@@ -22,11 +22,15 @@ import torch
 from monai.bundle import ConfigParser
 
 from ..config import bundle_dir, load_bundle_configs
+from ..data.plan import planned
 from ..files import atomic_write
 
 __all__ = ["bundle_dir", "prepare_label_bundle", "bundle_network"]
 
 PathLike = Union[str, os.PathLike]
+
+#: The settings of an untrained label bundle (3D: no weights ship): 1-channel MR, background and one class.
+UNTRAINED = {"in_channels": 1, "num_classes": 2, "modality": "mr"}
 
 
 def _merged(configs: PathLike, names: list[str], overrides: Mapping[str, Any]) -> dict:
@@ -81,20 +85,30 @@ def prepare_label_bundle(
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise ValueError(f"the label bundle {dst} must be outside the source bundle {src}.")
     overrides = dict(overrides or {})
+    shipped, shipped_plan = src / "models" / "model.pt", src / "models" / "plan.json"
+    use_shipped = spatial_dims == 2 and shipped.is_file() and not overrides
+    # The network is fixed when the label bundle is written: both configs name its in_channels, num_classes
+    # and modality, so training on the first (partial) annotations cannot re-plan the classes of a trained model.
+    fixed = {
+        k: overrides.get(k, planned(shipped_plan, k, default=untrained) if spatial_dims == 2 else untrained)
+        for k, untrained in UNTRAINED.items()
+    }
     extra = ["3d.json"] if spatial_dims == 3 else []
-    infer = _merged(src / "configs", ["inference.json", *extra], overrides)
-    train = _merged(src / "configs", ["train.json", *extra], overrides)
+    infer = _merged(src / "configs", ["inference.json", *extra], {**overrides, **fixed})
+    train = _merged(src / "configs", ["train.json", *extra], {**overrides, **fixed})
 
     meta = json.loads((src / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
     parser = ConfigParser(copy.deepcopy(infer))
-    roi = list(parser.get_parsed_content("roi_size"))
-    in_channels = int(parser.get_parsed_content("in_channels"))
+    plan = dst / "models" / "plan.json"  # written by training from MONAI Label, or the shipped one copied below
+    parser["plan_file"] = str(shipped_plan if use_shipped and not plan.is_file() else plan)
+    roi = list(parser.get_parsed_content("plan#roi_size"))
+    in_channels = fixed["in_channels"]
     image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
     image["spatial_shape"] = pred["spatial_shape"] = roi
     if in_channels != image["num_channels"]:
         image["num_channels"] = in_channels
-        image["modality"] = str(parser.get_parsed_content("modality")).upper()
+        image["modality"] = str(fixed["modality"]).upper()
         image["channel_def"] = {str(i): f"channel {i}" for i in range(in_channels)}
     if spatial_dims == 3:
         pred["channel_def"] = (
@@ -127,9 +141,10 @@ def prepare_label_bundle(
         (dst / "configs" / name).write_text(json.dumps(config, indent=4))
     if model.is_file():
         return dst
-    shipped = src / "models" / "model.pt"
-    if spatial_dims == 2 and shipped.is_file() and not overrides:
+    if use_shipped:
         shutil.copy2(shipped, model)
+        if shipped_plan.is_file():  # the crop and window the shipped weights were trained with
+            shutil.copy2(shipped_plan, dst / "models" / "plan.json")
     else:
         atomic_write(model, lambda tmp: torch.save(net.state_dict(), tmp))  # a crash never leaves half a model.pt
     return dst

@@ -187,8 +187,9 @@ class CheckedTrainTask(BundleTrainTask):
             trained = self._staging / "model.pt"
             if not trained.is_file():
                 raise TrainingRefused("training ended without writing model.pt; the served weights are unchanged")
-            if (self._staging / "train_stats.json").is_file():
-                os.replace(self._staging / "train_stats.json", model.with_name("train_stats.json"))
+            for name in ("train_stats.json", "plan.json"):  # the plan: the crop the new weights were trained with
+                if (self._staging / name).is_file():
+                    os.replace(self._staging / name, model.with_name(name))
             os.replace(trained, model)
             logger.info(f"training finished: {model} replaced")
             return result or {}
