@@ -181,13 +181,16 @@ def test_distill_and_student_inference(trained_2d):
 
 
 def test_3d_multiclass_end_to_end(tmp_path):
-    """3 classes in 3D: training, per-class Dice in the evaluation summary, labels 0..2 in the predictions."""
+    """3 classes in 3D, given only the data: training plans 1 channel, 3 classes, MR normalization and the crop,
+    evaluation (per-class Dice in the summary) and inference (labels 0..2) read that plan back."""
     from qddens_monai.data import write_demo_3d
 
     data = tmp_path / "spheres3"
     write_demo_3d(data, num_train=6, num_test=2, size=32, num_classes=3, seed=3)
-    flags = ["--dataset_dir", str(data), "--num_classes", "3", "--roi_size", "[32,32,32]"]
+    flags = ["--dataset_dir", str(data)]
     run_bundle("training", ["train.json", "3d.json"], tmp_path, *FAST, *flags)
+    plan = json.loads((tmp_path / "models" / "plan.json").read_text())["settings"]
+    assert (plan["in_channels"], plan["num_classes"], plan["modality"], plan["roi_size"]) == (1, 3, "mr", [32] * 3)
     run_bundle("evaluating", ["train.json", "3d.json", "evaluate.json"], tmp_path, *flags)
     summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
     meta = summary["summary"]["meta"]

@@ -224,3 +224,25 @@ def test_a_stray_label_value_does_not_plan_more_classes(tmp_path):
     assert plan_num_classes(data, items) == 2  # 0 and 1 occur; 5 follows a gap
     with pytest.raises(ValueError, match=r"lab1.png: label values \[5\] do not fit num_classes=2"):
         check_datalist(items, spatial_dims=2, in_channels=1, num_classes=2)
+
+
+def test_the_plan_is_written_with_each_checkpoint_and_only_then(tmp_path):
+    import torch
+    from ignite.engine import Engine, Events
+
+    from qddens_monai.data import plan_record
+    from qddens_monai.handlers import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    record = plan_record({"spatial_dims": 2, "in_channels": 1, "device": object()})
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"model": net}, save_final=True, final_filename="model.pt", beside={"plan.json": record}
+    )
+    engine = Engine(lambda engine, batch: None)
+    seen = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append((tmp_path / "plan.json").exists()))
+    saver.attach(engine)
+    engine.run([0], max_epochs=2)
+    assert seen == [False, False]  # not written while no model is: an interrupted run leaves the old pair
+    assert json.loads((tmp_path / "plan.json").read_text()) == {"settings": {"spatial_dims": 2, "in_channels": 1}}
+    assert (tmp_path / "model.pt").is_file()

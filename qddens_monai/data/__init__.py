@@ -25,6 +25,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "plan_modality",
             "plan_num_classes",
             "plan_num_samples",
+            "plan_record",
             "plan_roi_size",
             "planned",
             "write_plan",

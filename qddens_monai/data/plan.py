@@ -13,8 +13,9 @@ Training plans (each only when its setting is ``"auto"``, the bundle's default; 
 
 The fingerprint behind them (:func:`dataset_fingerprint`: sizes, channels, spacing, file kinds) is read from
 the file headers only, once per run. The bundle's ``plan`` section holds the resolved values
-(``"@plan#in_channels"``); :func:`write_plan` saves them beside the model, and inference and evaluation read
-them back (:func:`planned`), so the flags given at training need not be repeated.
+(``"@plan#in_channels"``); the checkpoint savers write them (:func:`plan_record`) beside every model they
+save, and inference and evaluation read them back (:func:`planned`), so the flags given at training need not
+be repeated.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "plan_num_classes",
     "plan_num_samples",
     "plan_roi_size",
+    "plan_record",
     "planned",
     "write_plan",
 ]
@@ -283,8 +285,8 @@ def planned(
 ) -> Any:
     """A setting of a trained model: ``value`` when the user gave one, else the one its training planned.
 
-    Training writes the settings it used, the planned ones resolved, to ``plan.json`` beside the model
-    (:func:`write_plan`); inference and evaluation read them back, so a model trained on 1-channel MR with
+    Training writes the settings it used, the planned ones resolved, to ``plan.json`` beside every model it saves
+    (:func:`plan_record`); inference and evaluation read them back, so a model trained on 1-channel MR with
     3 classes is run on 1-channel MR with 3 classes without repeating any flag.
 
     Config use: ``"$qddens_monai.data.planned(@plan_file, 'in_channels', @in_channels)"``.
@@ -330,20 +332,25 @@ def planned(
     )
 
 
-def write_plan(
-    output_dir: Union[str, os.PathLike], settings: dict, datalist: Optional[DataOrFingerprint] = None
-) -> str:
-    """Write ``output_dir/plan.json``: the settings a run used and the fingerprint of its data; returns the path.
+def plan_record(settings: Mapping[str, Any], datalist: Optional[DataOrFingerprint] = None) -> dict[str, Any]:
+    """The content of ``plan.json``: ``{"settings": the JSON-able settings, "fingerprint": of the data}``.
 
-    ``datalist`` is the training datalist or its :func:`dataset_fingerprint` (read once by the bundle).
-
-    Written atomically, so a reader never sees half a file.
+    Config use: ``"$qddens_monai.data.plan_record({**@settings, **@plan}, @fingerprint)"``, which the bundle's
+    checkpoint savers write beside the weights (``AtomicCheckpointSaver(beside={"plan.json": ...})``).
     """
     plan: dict[str, Any] = {
         "settings": {k: v for k, v in settings.items() if isinstance(v, (int, float, str, list, bool))}
     }
     if datalist is not None:
         plan["fingerprint"] = dict(_fingerprint(datalist))
+    return plan
+
+
+def write_plan(
+    output_dir: Union[str, os.PathLike], settings: Mapping[str, Any], datalist: Optional[DataOrFingerprint] = None
+) -> str:
+    """Write ``output_dir/plan.json`` (:func:`plan_record`) atomically, so a reader never sees half a file; returns
+    the path. ``datalist`` is the training datalist or its :func:`dataset_fingerprint`."""
     path = os.path.join(output_dir, "plan.json")
-    atomic_write_text(path, json.dumps(plan, indent=2))
+    atomic_write_text(path, json.dumps(plan_record(settings, datalist), indent=2))
     return path

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
 from ..distributed import rank_and_world_size
+from ..files import atomic_write_text
 
 __all__ = ["AtomicCheckpointSaver", "EpochSeedHandler", "find_checkpoint", "RESUME_KEYS"]
 
@@ -38,13 +40,17 @@ RESUME_KEYS: tuple[str, ...] = ("model", "optimizer", "trainer")
 
 
 class _AtomicDiskSaver(DiskSaver):
-    """ignite's ``DiskSaver`` with ``atomic=True`` and, like MONAI's, an optional fixed file name."""
+    """ignite's ``DiskSaver`` with ``atomic=True``, like MONAI's an optional fixed file name, and JSON files
+    written (atomically, on rank 0) before every checkpoint."""
 
-    def __init__(self, dirname: str, filename: str | None = None) -> None:
+    def __init__(self, dirname: str, filename: str | None = None, beside: Mapping[str, Any] | None = None) -> None:
         super().__init__(dirname=dirname, require_empty=False, atomic=True)
-        self.filename = filename
+        self.filename, self.beside = filename, dict(beside or {})
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if self.beside and rank_and_world_size()[0] == 0:
+            for name, content in self.beside.items():
+                atomic_write_text(os.path.join(self.dirname, name), json.dumps(content, indent=2))
         super().__call__(checkpoint, self.filename or filename, metadata)
 
     def remove(self, filename: str) -> None:
@@ -53,18 +59,24 @@ class _AtomicDiskSaver(DiskSaver):
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's :class:`~monai.handlers.CheckpointSaver` whose every file (interval, final, best) is written
-    atomically. Same arguments as ``CheckpointSaver``.
+    atomically. Same arguments as ``CheckpointSaver``, and:
+
+    Args:
+        beside: ``{file name: JSON-serializable content}`` written into ``save_dir`` just before every
+            checkpoint, e.g. ``{"plan.json": ...}``, the settings the weights were trained with: a reader never
+            finds weights next to the settings of another run (a run killed before its first save leaves both
+            as they were).
 
     ignite removes the oldest interval checkpoint *before* writing the new one, so with ``n_saved=1`` a
     kill during a save leaves no checkpoint at all; keep ``n_saved >= 2`` for resumable checkpoints.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+    def __init__(self, save_dir: str, save_dict: dict, beside: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(save_dir, save_dict, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicDiskSaver(
-                    self.save_dir, getattr(checkpoint.save_handler, "filename", None)
+                    self.save_dir, getattr(checkpoint.save_handler, "filename", None), beside
                 )
 
 
