@@ -295,10 +295,6 @@ def test_verify_net_in_out_and_ckpt_export(trained_2d, tmp_path):
             str(tmp_path / "model.ts"),
             "--ckpt_file",
             str(root / "models" / "model.pt"),
-            "--use_trace",
-            "True",
-            "--input_shape",
-            "[1, 3, 64, 64]",
             *common,
         ],
         cwd=BUNDLE,
@@ -307,4 +303,11 @@ def test_verify_net_in_out_and_ckpt_export(trained_2d, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "model.ts").is_file()
+    scripted = torch.jit.load(str(tmp_path / "model.ts"), map_location="cpu")  # scripted, as the README shows
+    config = ConfigParser(load_bundle_configs(CONFIGS / "inference.json"))
+    config["bundle_root"] = str(root)
+    net = config.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu"))
+    x = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted.eval()(x), net.eval()(x), rtol=1e-4, atol=1e-5)
