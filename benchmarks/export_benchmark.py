@@ -48,7 +48,7 @@ from monai.transforms import LoadImage
 from torch import nn
 
 from qddens_monai.config import load_bundle_configs
-from qddens_monai.data import ensure_demo_data, label_transform
+from qddens_monai.data import UNTRAINED, ensure_demo_data, label_transform
 from qddens_monai.export import OnnxRuntimeNetwork, export_onnx, mask_dice, quantize_onnx_int8
 from qddens_monai.export.zoo import load_bundle_network
 from qddens_monai.networks import quantization_preset
@@ -245,11 +245,10 @@ def latency_figures(
     )
 
     # 3D: the bundle's 3D switch; a synthetic volume.
-    untrained3d = {"in_channels": 1, "num_classes": 2, "modality": "mr"}  # no 3D weights ship: no plan to read
-    p3 = parse(["inference.json", "3d.json"], {**untrained3d, "roi_size": [32, 32, 32] if quick else [48, 48, 48]})
+    p3 = parse(["inference.json", "3d.json"], {**UNTRAINED, "roi_size": [32, 32, 32] if quick else [48, 48, 48]})
     roi3 = list(p3.get_parsed_content("plan#roi_size"))
     ensemble3 = complete_schedule(p3.get_parsed_content("network_def"))
-    student3 = parse(["inference.json", "3d.json", "inference_student.json"], untrained3d).get_parsed_content(
+    student3 = parse(["inference.json", "3d.json", "inference_student.json"], UNTRAINED).get_parsed_content(
         "network_def"
     )
     from monai.data.synthetic import create_test_image_3d

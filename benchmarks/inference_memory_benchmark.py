@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
+    from qddens_monai.data import UNTRAINED
+
     work = Path(tempfile.mkdtemp(prefix="qddens_memory_"))
     try:
         write_volumes(work / "data" / "imagesTs", args.volumes, args.size)
         overrides = {
             "roi_size": [args.roi] * 3,
-            "in_channels": 1,  # an untrained 3D network: no plan.json beside its weights
-            "num_classes": 2,
-            "modality": "mr",
+            **UNTRAINED,  # an untrained 3D network: no plan.json beside its weights
             "dataset_dir": str(work / "data"),
             "output_dir": str(work / "pred"),
             "image_glob": "imagesTs/*.nii.gz",

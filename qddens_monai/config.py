@@ -161,9 +161,9 @@ def _or_auto(check: Callable[[Any, Mapping], str | None]) -> Callable[[Any, Mapp
 
 
 def _modality(v: Any, _: Mapping) -> str | None:
-    from .data.transforms import MODALITIES, MODALITY_ALIASES
+    from .data.transforms import MODALITIES, MODALITY_ALIASES, modality_name
 
-    if isinstance(v, str) and MODALITY_ALIASES.get(v.lower(), v.lower()) in MODALITIES:
+    if isinstance(v, str) and modality_name(v) is not None:
         return None
     return f"must be one of {list(MODALITIES)} or an alias {sorted(MODALITY_ALIASES)}"
 

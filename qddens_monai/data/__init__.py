@@ -20,6 +20,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         ".plan": [
             "CHANNEL_MODALITY",
             "MAX_ROI_SIZE",
+            "UNTRAINED",
             "dataset_fingerprint",
             "plan_in_channels",
             "plan_modality",
@@ -37,6 +38,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "ClassIndicesd",
             "NormalizeModalityd",
             "intensity_normalization",
+            "modality_name",
             "label_transform",
         ],
         ".vessels": ["create_vessel_image_2d"],

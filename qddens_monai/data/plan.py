@@ -31,10 +31,12 @@ import numpy as np
 
 from ..files import atomic_write_text
 from .checks import read_header
+from .transforms import MODALITY_ALIASES
 
 __all__ = [
     "CHANNEL_MODALITY",
     "MAX_ROI_SIZE",
+    "UNTRAINED",
     "dataset_fingerprint",
     "plan_in_channels",
     "plan_modality",
@@ -235,12 +237,17 @@ def plan_num_classes(dataset_json: Union[str, os.PathLike, None], datalist: Sequ
     return num_classes
 
 
-#: dataset.json channel names (lower case) that name a modality in :data:`~qddens_monai.data.MODALITIES`
+#: dataset.json channel names (lower case) that name a modality in :data:`~qddens_monai.data.MODALITIES`: the
+#: modalities and their :data:`~qddens_monai.data.MODALITY_ALIASES`, and other channel names of MR and colour sets
 CHANNEL_MODALITY = {
-    **{n: "mr" for n in ("mr", "mri", "t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "flair", "adc", "dwi", "pd")},
-    **{n: "rgb" for n in ("rgb", "r", "g", "b", "red", "green", "blue", "fundus")},
-    "ct": "ct",
+    **{m: m for m in ("ct", "mr", "rgb")},
+    **MODALITY_ALIASES,
+    **{n: "mr" for n in ("t1w", "t1gd", "t1c", "t1ce", "t2w", "adc", "dwi", "pd")},
+    **{n: "rgb" for n in ("r", "g", "b", "red", "green", "blue")},
 }
+
+#: The settings of a network no training planned (no weights ship in 3D): 1-channel MR, background and one class.
+UNTRAINED = {"in_channels": 1, "num_classes": 2, "modality": "mr"}
 
 
 def plan_modality(dataset_json: Union[str, os.PathLike, None], datalist: DataOrFingerprint = ()) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "MODALITIES",
     "MODALITY_ALIASES",
     "intensity_normalization",
+    "modality_name",
     "label_transform",
     "ClassIndicesd",
     "NormalizeModalityd",
@@ -44,6 +45,14 @@ MODALITIES = ("ct", "mr", "rgb", "rgb_minmax", "none")
 MODALITY_ALIASES = {"mri": "mr", "t1": "mr", "t2": "mr", "flair": "mr", "fundus": "rgb"}
 
 KeysType = Union[str, Sequence[str]]
+
+
+def modality_name(modality: str) -> Union[str, None]:
+    """The :data:`MODALITIES` entry ``modality`` names (case-insensitive, :data:`MODALITY_ALIASES` resolved), or
+    ``None``."""
+    name = str(modality).lower()
+    name = MODALITY_ALIASES.get(name, name)
+    return name if name in MODALITIES else None
 
 
 def intensity_normalization(
@@ -71,8 +80,7 @@ def intensity_normalization(
         ct_window: the CT window ``(low, high)`` in Hounsfield units.
         allow_missing_keys: skip keys a sample does not have.
     """
-    name = str(modality).lower()
-    name = MODALITY_ALIASES.get(name, name)
+    name = modality_name(modality)
     kw = {"allow_missing_keys": allow_missing_keys}
     if name == "ct":
         low, high = (float(v) for v in ct_window)

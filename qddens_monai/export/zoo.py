@@ -330,7 +330,7 @@ def _build(
     src = bundle_dir / "configs"
     inference = load_bundle_configs(_source_configs(bundle_dir, student), bundle_dir)
     # the source model's planned settings, written out: the zoo bundle runs without the plan file beside it
-    plan = {k: parser.get_parsed_content(f"plan#{k}") for k in ("in_channels", "num_classes", "modality", "roi_size")}
+    plan = dict(parser.get_parsed_content("plan"))
     inference.update(plan)
     inference["model_path"] = "$@bundle_root + '/models/model.pt'"
     inference["output_dir"] = "$@bundle_root + '/eval/predictions'"

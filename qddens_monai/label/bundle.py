@@ -22,15 +22,12 @@ import torch
 from monai.bundle import ConfigParser
 
 from ..config import bundle_dir, load_bundle_configs
-from ..data.plan import planned
+from ..data.plan import UNTRAINED, planned
 from ..files import atomic_write
 
 __all__ = ["bundle_dir", "prepare_label_bundle", "bundle_network"]
 
 PathLike = Union[str, os.PathLike]
-
-#: The settings of an untrained label bundle (3D: no weights ship): 1-channel MR, background and one class.
-UNTRAINED = {"in_channels": 1, "num_classes": 2, "modality": "mr"}
 
 
 def _merged(configs: PathLike, names: list[str], overrides: Mapping[str, Any]) -> dict:
