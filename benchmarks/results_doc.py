@@ -353,9 +353,20 @@ def _setup(payload: dict) -> str:
     return "\n".join(lines)
 
 
+#: Where this page stands among the results (the defaults moved after these runs).
+SCOPE = (
+    "Scope: these ablations are the method's parts at the 0.1.0-0.3.0 settings (four learners, 30 epochs, whole "
+    "images); the shipped defaults have moved since (one 4-bit base learner, a float meta learner the size of a plain "
+    "UNet, random crops). The shipped defaults against a plain MONAI UNet at the same CPU time are in "
+    "[results_wallclock.md](results_wallclock.md)."
+)
+
+
 def report_markdown(payload: dict, figures_prefix: str, title_level: str = "#") -> str:
     figs = "\n".join(f"![{f}]({figures_prefix}{f})" for f in FIGURES)
     return f"""{title_level} Results: QME-Net against plain MONAI baselines
+
+{SCOPE}
 
 Reproduce: `{payload['command']}` (then `{REGENERATE}`
 writes this page, the figures and the README section from the JSON; the reading above the tables is written by hand;
@@ -385,6 +396,7 @@ def readme_section(payload: dict, summary_text: str = "") -> str:
             else "## Results: QME-Net against plain MONAI baselines"
         ),
     )
+    body = body.replace("(results_wallclock.md)", "(docs/results_wallclock.md)")
     body += "\nFull report with the per-seed values: [docs/results.md](docs/results.md).\n"
     return f"{START}\n{body}{END}"
 

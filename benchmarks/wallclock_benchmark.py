@@ -7,8 +7,12 @@ one torch thread: on an idle core that is its wall-clock, and it is not inflated
 shared machine). Then a plain MONAI ``UNet`` (channels 16..128, strides 2, 2 residual units: about
 400k parameters in 2D; ``DiceCELoss``, Adam 2e-3) is trained on the same training split, through the
 bundle's own transforms (so the same crops and augmentation), until it has used the same CPU time as
-the bundle's default; it is also scored when it reaches the bundle's number of epochs (the equal-epoch
-view). Every model is scored on the held-out test split by one function: sliding-window inference with
+the bundle's default, counted alike: the bundle's from its process start, the UNet's from the CPU a fresh python
+takes to import torch and MONAI's training parts, through reading the config and caching the data set, with a
+validation pass every ``val_interval`` epochs as the bundle's (results before 2026-12-07 counted the UNet from
+its first training step, without validation: 5-10 % more epochs for it); it is also scored when it reaches the
+bundle's number of epochs (the equal-epoch view). Every model is scored on the held-out test split by one
+function: sliding-window inference with
 the bundle's ``roi_size``, argmax, Dice and HD95 per foreground class (final weights, no model selection).
 
 Tasks (data generated once, the same for every variant and seed):
@@ -28,6 +32,11 @@ Variants (each defined by its own overrides, so a stored result stays what its n
   step as QME-Net does; ``default_lr_halving``: the learning rate halved at each quantization step;
 - ``default_meta_res1`` / ``default_meta_res0``: the default with a cheaper meta learner, 1 or no residual unit
   per level instead of 2 (a training step 1.13x / 0.87x the plain UNet's instead of 1.4x);
+- ``default_residual_fusion``: the fusion blocks add the base learner's features to the meta learner's through
+  a gate that starts at zero (the meta learner starts as a plain UNet) instead of replacing them;
+  ``default_relu``: every learner with ReLU instead of MONAI's default PReLU (PReLU's backward is slow on the
+  CPU: a step 1.18x the plain UNet's instead of 1.38x); ``default_residual_relu``: both; ``default_float_relu``:
+  ReLU learners and no quantization;
 - ``default_0.5.0``: the 0.5.0 default (both of the above); ``default_0.5.0_base4``: with a base learner of
   4..32 channels;
 - ``default_0.4.0``: the 0.4.0 default (the base learner with a residual unit, fused at every level);
@@ -111,6 +120,10 @@ VARIANTS: dict[str, dict[Any, Any]] = {
     "default_lr_halving": {"lr_decay_per_step": 0.5},
     "default_meta_res1": {"network_def#meta_kwargs#num_res_units": 1},
     "default_meta_res0": {"network_def#meta_kwargs#num_res_units": 0},
+    "default_residual_fusion": {"network_def#fusion_residual": True},
+    "default_relu": {"network_def#backbone_kwargs#act": "relu"},
+    "default_residual_relu": {"network_def#fusion_residual": True, "network_def#backbone_kwargs#act": "relu"},
+    "default_float_relu": {"quantization": "float", "network_def#backbone_kwargs#act": "relu"},
     "default_0.5.0": V050,
     "default_0.5.0_base4": {**V050, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
     "default_0.4.0": V040,
@@ -134,12 +147,19 @@ UNET_BUDGETS = {
     "unet_same_time": "default",
     "unet_meta_res1_time": "default_meta_res1",
     "unet_meta_res0_time": "default_meta_res0",
+    "unet_residual_fusion_time": "default_residual_fusion",
+    "unet_relu_time": "default_relu",
+    "unet_residual_relu_time": "default_residual_relu",
+    "unet_float_relu_time": "default_float_relu",
     "unet_0.5.0_time": "default_0.5.0",
     "unet_0.5.0_base4_time": "default_0.5.0_base4",
     "unet_0.4.0_time": "default_0.4.0",
     "unet_four_learners_time": "four_learners",
 }
 SCHEDULES = {"full": {"epochs": 24, "epochQ": 4}, "quick": {"epochs": 1, "epochQ": 1}}
+#: How a UNet run's CPU time is counted: 2 = start-up, config, caching and validation counted as the bundle's
+#: are (results without the key were counted from the first training step, without validation).
+ACCOUNTING = 2
 UNET = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2, "learning_rate": 2e-3}
 
 
@@ -279,8 +299,11 @@ def step_times(variants: list[str], reps: int = 12, batch: int = 6, size: int = 
     return {k: {"ms": 1000 * m, "ratio": m / median["unet"]} for k, m in median.items()}
 
 
-def evaluate(network, parser, data_json: str, num_classes: int) -> dict[str, float]:
-    """Dice / HD95 per foreground class on the test split: sliding window at the bundle's roi_size, argmax."""
+def evaluate(
+    network, parser, data_json: str, num_classes: int, items: Optional[list] = None, metrics=("dice", "hd95")
+) -> dict[str, float]:
+    """Dice / HD95 per foreground class on the test split (or ``items``): sliding window at the bundle's
+    roi_size, argmax."""
     import torch
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import Compose, EnsureTyped
@@ -298,12 +321,10 @@ def evaluate(network, parser, data_json: str, num_classes: int) -> dict[str, flo
     rows = []
     network.eval()
     with torch.no_grad():
-        for item in load_datalist(data_json, "test"):
+        for item in load_datalist(data_json, "test") if items is None else items:
             d = prep(dict(item))
             prob = torch.softmax(inferer(d["image"][None], network), dim=1)[0]
-            rows.append(
-                segmentation_metrics(prob, label_one_hot(d["label"], num_classes, "softmax"), metrics=("dice", "hd95"))
-            )
+            rows.append(segmentation_metrics(prob, label_one_hot(d["label"], num_classes, "softmax"), metrics=metrics))
     return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -327,12 +348,29 @@ def score_bundle(bundle: Path, dims: int, over: dict[str, Any], data_json: str, 
     return out
 
 
+def startup_cpu() -> float:
+    """CPU seconds of a fresh python importing what a plain MONAI UNet training script imports."""
+    code = (
+        "import torch, ignite, monai; from monai.engines import SupervisedTrainer; from monai.networks.nets import UNet"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def train_unet(
     bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int, budget: float, equal_epochs: int
 ) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """A plain MONAI UNet through the bundle's transforms, until ``budget`` CPU seconds.
 
-    Returns its scores then, and when it completed ``equal_epochs`` (``None`` if it did not get that far)."""
+    Counted as the bundle's run is: from reading the config, through caching the data set, to the end of
+    training, with a validation pass (sliding window, Dice) on the bundle's validation split every
+    ``val_interval`` epochs as a MONAI training script does, plus the CPU time a fresh python takes to import
+    torch and MONAI's training parts (:func:`startup_cpu`). Returns its scores then, and when it completed
+    ``equal_epochs`` (``None`` if it did not get that
+    far)."""
     import torch
     from ignite.engine import Events
     from monai.data import CacheDataset, DataLoader
@@ -341,8 +379,10 @@ def train_unet(
     from monai.networks.nets import UNet
     from monai.utils import set_determinism
 
+    t0 = time.process_time() - startup_cpu()
     parser = parser_for(bundle, dims, over)
     set_determinism(seed=int(over["seed"]))
+    val_items, val_interval = parser.get_parsed_content("val_datalist"), parser.get_parsed_content("val_interval")
     ds = CacheDataset(
         parser.get_parsed_content("train_datalist"),
         parser.get_parsed_content("train#preprocessing"),
@@ -364,12 +404,16 @@ def train_unet(
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
     )
     state: dict[str, Any] = {"eval_cpu": 0.0}
-    t0 = time.process_time()
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def _budget(engine) -> None:
         if time.process_time() - t0 - state["eval_cpu"] >= budget:
             engine.terminate()
+
+    @trainer.on(Events.EPOCH_COMPLETED(every=val_interval))
+    def _validate(engine) -> None:  # counted: the bundle validates at the same interval
+        evaluate(net, parser, data_json, num_classes, items=val_items, metrics=("dice",))
+        net.train()
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _equal_epochs(engine) -> None:
@@ -386,6 +430,7 @@ def train_unet(
         cpu_s=time.process_time() - t0 - state["eval_cpu"],
         epochs=trainer.state.epoch,
         params=int(sum(p.numel() for p in net.parameters())),
+        accounting=ACCOUNTING,
     )
     return result, state.get("same_epochs")
 
@@ -496,6 +541,15 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("default", "default_0.5.0"),
                 ("default", "default_16bit_meta"),
                 ("default", "default_lr_halving"),
+                ("default_residual_fusion", "unet_residual_fusion_time"),
+                ("default_relu", "unet_relu_time"),
+                ("default_residual_relu", "unet_residual_relu_time"),
+                ("default_float_relu", "unet_float_relu_time"),
+                ("default_float_relu", "default_relu"),
+                ("default_residual_fusion", "default"),
+                ("default_relu", "default"),
+                ("default_residual_relu", "default"),
+                ("default_residual_relu", "default_residual_fusion"),
                 ("default_meta_res1", "unet_meta_res1_time"),
                 ("default_meta_res0", "unet_meta_res0_time"),
                 ("default_meta_res1", "default"),
@@ -530,6 +584,10 @@ LABELS = {
     "default": "bundle default (0.6.0: 0.5.0 with a float meta learner and a constant learning rate)",
     "default_16bit_meta": "default with the meta learner at 16 bits, quantized step by step (QME-Net)",
     "default_lr_halving": "default with the learning rate halved at each quantization step",
+    "default_residual_fusion": "default with the residual fusion (gate from zero)",
+    "default_relu": "default with ReLU learners",
+    "default_residual_relu": "default with the residual fusion and ReLU learners",
+    "default_float_relu": "default with ReLU learners and no quantization",
     "default_meta_res1": "default with a meta learner of 1 residual unit per level",
     "default_meta_res0": "default with a meta learner without residual units",
     "default_0.5.0": "0.5.0 default (16-bit meta learner, learning rate halved at each step)",
@@ -542,6 +600,10 @@ LABELS = {
     "four_learners_include_bg": "0.3.0 default with the background channel in the Dice loss",
     "old_default": "0.1.0 default (4 CE-Net learners, mean, small crops)",
     "unet_same_time": "plain MONAI UNet, the default's CPU time",
+    "unet_residual_fusion_time": "plain MONAI UNet, default_residual_fusion's CPU time",
+    "unet_relu_time": "plain MONAI UNet, default_relu's CPU time",
+    "unet_residual_relu_time": "plain MONAI UNet, default_residual_relu's CPU time",
+    "unet_float_relu_time": "plain MONAI UNet, default_float_relu's CPU time",
     "unet_meta_res1_time": "plain MONAI UNet, default_meta_res1's CPU time",
     "unet_meta_res0_time": "plain MONAI UNet, default_meta_res0's CPU time",
     "unet_0.5.0_time": "plain MONAI UNet, the 0.5.0 default's CPU time",
@@ -573,9 +635,12 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
         f"({sched['epochs'] + 4 * sched['epochQ']} epochs, the external check's budget). The plain UNet "
         f"(channels {result['unet']['channels']}, {result['unet']['num_res_units']} residual units, DiceCE, Adam "
         f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the "
-        "CPU time of its reference: the default's (`unet_same_time`, the bundle's runner start-up included) or another "
-        "variant's (`unet_<variant>_time`); `unet_same_epochs` is the same trajectory scored at the bundle's epoch "
-        "count. "
+        "CPU time of its reference: the default's (`unet_same_time`) or another variant's (`unet_<variant>_time`); "
+        "`unet_same_epochs` is the same trajectory scored at the bundle's epoch count. Both are counted alike: the "
+        "bundle from its process start (imports, config, data caching, validation and its figures), the UNet from "
+        "the CPU a fresh python takes to import torch and MONAI, through reading the config and caching the data, "
+        "with a validation pass every `val_interval` epochs. Rows marked † are older UNet runs counted from their "
+        "first training step, without validation (5-10 % more epochs for the UNet). "
         "Test Dice of the final weights, mean ± sd over seeds; differences paired per seed.",
         "",
     ]
@@ -599,8 +664,14 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
                 " (" + ", ".join(f"{k[5:]}: {st[k]['mean']:.3f}" for k in per_class) + ")" if per_class else ""
             )
             params = f"{st['params']['mean']:,.0f}" if "params" in st else "–"
+            older = v.startswith("unet_") and any(
+                j["variants"][v].get("accounting") != ACCOUNTING
+                for j in jobs
+                if j["task"] == task and v in j["variants"]
+            )
             lines.append(
-                f"| {LABELS[v]} | {dice} | {_cell(st, 'hd95', n, '{:.1f}')} | {_cell(st, 'cpu_s', n, '{:.0f}')} | "
+                f"| {LABELS[v]}{' †' if older else ''} | {dice} | {_cell(st, 'hd95', n, '{:.1f}')} | "
+                f"{_cell(st, 'cpu_s', n, '{:.0f}')} | "
                 f"{_cell(st, 'epochs', n, '{:.0f}')} | {params} | {n} |"
             )
         lines += ["", "| paired difference (Dice) | mean ± sd | seeds |", "|---|---|---|"]
@@ -686,6 +757,10 @@ def main() -> None:
     # the default and its equal-time opponent for every task and seed first, then the other variants, one by one
     phases = [
         ["default", "unet_same_time"],
+        ["default_residual_fusion", "unet_residual_fusion_time"],
+        ["default_residual_relu", "unet_residual_relu_time"],
+        ["default_relu", "unet_relu_time"],
+        ["default_float_relu", "unet_float_relu_time"],
         ["default_meta_res1", "unet_meta_res1_time"],
         ["default_meta_res0", "unet_meta_res0_time"],
         ["default_16bit_meta"],

@@ -1,4 +1,5 @@
-"""QMENet: shapes, gradients, fusion replacing meta features, eval outputs, diversity, TorchScript, training."""
+"""QMENet: shapes, gradients, fusion replacing (or adding to) meta features, eval outputs, diversity, TorchScript,
+training."""
 
 import numpy as np
 import pytest
@@ -58,6 +59,25 @@ def test_fusion_replaces_the_meta_learners_features():
         zeroed_meta = net.forward_learners(x)[0][-1]
     assert not torch.allclose(fused_meta, plain_meta)
     assert not torch.allclose(fused_meta, zeroed_meta)
+
+
+def test_residual_fusion_starts_as_the_plain_meta_learner_and_learns_its_gate():
+    torch.manual_seed(0)
+    net = tiny_ensemble(fusion_residual=True)
+    x = torch.randn(2, 1, 32, 32)
+    EnsembleLoss()(net(x), torch.randint(0, 2, (2, 1, 32, 32))).backward()
+    assert all(block.gate.grad.abs().sum() > 0 for block in net.fusion)  # the zero gates do learn
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net.forward_learners(x)[0][-1], net.meta_learner(x), atol=1e-6)
+        for block in net.fusion:
+            block.gate.fill_(0.5)
+        assert not torch.allclose(net.forward_learners(x)[0][-1], net.meta_learner(x), atol=1e-3)
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+    # the replacing fusion (QME-Net's) has no gate: its state dict, and so older checkpoints, are unchanged
+    plain = tiny_ensemble()
+    assert all(block.gate is None for block in plain.fusion)
+    assert set(net.state_dict()) - set(plain.state_dict()) == {f"fusion.{i}.gate" for i in range(len(net.fusion))}
 
 
 def test_eval_output_mean_probability_and_meta():

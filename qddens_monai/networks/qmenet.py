@@ -111,6 +111,9 @@ class QMENet(nn.Module):
         levels: explicit feature levels per learner (``None`` entries use the defaults); any
             explicit entry makes the ensemble run through hooks.
         fusion_roles: roles of the levels that are fused (default: every level).
+        fusion_residual: the fusion blocks add the base learners' features to the meta learner's through
+            a gate that starts at zero (the meta learner starts as its plain backbone) instead of
+            replacing them (QME-Net); see :class:`FeatureFusionBlock`.
         quantization: a preset name (``"qme_net"``, ``"float_meta"``, ``"qdd_ens"``, ``"float"``) or one dict of
             :func:`~qddens_monai.quantization.quantize_network` arguments (or ``None``) per learner.
         portions: accumulated portions of the incremental schedule, for learners whose
@@ -139,6 +142,7 @@ class QMENet(nn.Module):
         learners: Optional[Sequence[nn.Module]] = None,
         levels: Optional[Sequence[Optional[Sequence[Any]]]] = None,
         fusion_roles: Optional[Sequence[str]] = None,
+        fusion_residual: bool = False,
         quantization: Union[str, Sequence[Optional[Mapping[str, Any]]], None] = "qme_net",
         portions: Sequence[float] = DEFAULT_PORTIONS,
         output: str = "mean",
@@ -206,6 +210,7 @@ class QMENet(nn.Module):
                 reduction=reduction,
                 norm=norm,
                 dropout=dropout,
+                residual=fusion_residual,
             )
             for i in range(len(self._levels[-1]))
         )
