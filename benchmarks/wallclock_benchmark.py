@@ -36,7 +36,8 @@ Variants (each defined by its own overrides, so a stored result stays what its n
   a gate that starts at zero (the meta learner starts as a plain UNet) instead of replacing them;
   ``default_relu``: every learner with ReLU instead of MONAI's default PReLU (PReLU's backward is slow on the
   CPU: a step 1.18x the plain UNet's instead of 1.38x); ``default_residual_relu``: both; ``default_float_relu``:
-  ReLU learners and no quantization;
+  ReLU learners and no quantization; ``default_fusion_instance``: the fusion blocks with instance norm (the
+  UNet's) instead of batch norm;
 - ``default_0.5.0``: the 0.5.0 default (both of the above); ``default_0.5.0_base4``: with a base learner of
   4..32 channels;
 - ``default_0.4.0``: the 0.4.0 default (the base learner with a residual unit, fused at every level);
@@ -124,6 +125,7 @@ VARIANTS: dict[str, dict[Any, Any]] = {
     "default_relu": {"network_def#backbone_kwargs#act": "relu"},
     "default_residual_relu": {"network_def#fusion_residual": True, "network_def#backbone_kwargs#act": "relu"},
     "default_float_relu": {"quantization": "float", "network_def#backbone_kwargs#act": "relu"},
+    "default_fusion_instance": {"network_def#norm": "instance"},
     "default_0.5.0": V050,
     "default_0.5.0_base4": {**V050, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
     "default_0.4.0": V040,
@@ -420,7 +422,7 @@ def train_unet(
         if engine.state.epoch == equal_epochs:
             t = time.process_time()
             state["same_epochs"] = evaluate(net, parser, data_json, num_classes)
-            state["same_epochs"]["cpu_s"] = t - t0 - state["eval_cpu"]
+            state["same_epochs"].update(cpu_s=t - t0 - state["eval_cpu"], accounting=ACCOUNTING)
             state["eval_cpu"] += time.process_time() - t
             net.train()
 
@@ -546,6 +548,7 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("default_residual_relu", "unet_residual_relu_time"),
                 ("default_float_relu", "unet_float_relu_time"),
                 ("default_float_relu", "default_relu"),
+                ("default_fusion_instance", "default"),
                 ("default_residual_fusion", "default"),
                 ("default_relu", "default"),
                 ("default_residual_relu", "default"),
@@ -588,6 +591,7 @@ LABELS = {
     "default_relu": "default with ReLU learners",
     "default_residual_relu": "default with the residual fusion and ReLU learners",
     "default_float_relu": "default with ReLU learners and no quantization",
+    "default_fusion_instance": "default with instance norm in the fusion blocks",
     "default_meta_res1": "default with a meta learner of 1 residual unit per level",
     "default_meta_res0": "default with a meta learner without residual units",
     "default_0.5.0": "0.5.0 default (16-bit meta learner, learning rate halved at each step)",
@@ -761,6 +765,7 @@ def main() -> None:
         ["default_residual_relu", "unet_residual_relu_time"],
         ["default_relu", "unet_relu_time"],
         ["default_float_relu", "unet_float_relu_time"],
+        ["default_fusion_instance"],
         ["default_meta_res1", "unet_meta_res1_time"],
         ["default_meta_res0", "unet_meta_res0_time"],
         ["default_16bit_meta"],
