@@ -229,6 +229,15 @@ def config_files(bundle: Path, dims: int) -> list[str]:
     return files + [str(bundle / "configs" / "3d.json")] if dims == 3 else files
 
 
+def run_child(cmd: list[str], **kwargs: Any) -> tuple[int, float]:
+    """Run ``cmd`` at one torch thread; return its exit code and CPU seconds (user + system)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, env=env, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc.returncode, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def train_bundle(bundle: Path, dims: int, over: dict[str, Any], log_file: Path) -> float:
     """Run the real bundle runner; return the child's CPU seconds (user + system)."""
     override_file = log_file.with_suffix(".overrides.json")
@@ -245,14 +254,11 @@ def train_bundle(bundle: Path, dims: int, over: dict[str, Any], log_file: Path) 
         "--bundle_root",
         str(bundle),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_file, "w") as log:
-        proc = subprocess.run(cmd, cwd=bundle, env=env, stdout=log, stderr=subprocess.STDOUT)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bundle training failed ({proc.returncode}); see {log_file}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        returncode, cpu = run_child(cmd, cwd=bundle, stdout=log, stderr=subprocess.STDOUT)
+    if returncode != 0:
+        raise RuntimeError(f"bundle training failed ({returncode}); see {log_file}")
+    return cpu
 
 
 def parser_for(bundle: Path, dims: int, over: dict[str, Any]):
@@ -355,11 +361,7 @@ def startup_cpu() -> float:
     code = (
         "import torch, ignite, monai; from monai.engines import SupervisedTrainer; from monai.networks.nets import UNet"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return run_child([sys.executable, "-c", code], check=True)[1]
 
 
 def train_unet(
@@ -371,8 +373,7 @@ def train_unet(
     training, with a validation pass (sliding window, Dice) on the bundle's validation split every
     ``val_interval`` epochs as a MONAI training script does, plus the CPU time a fresh python takes to import
     torch and MONAI's training parts (:func:`startup_cpu`). Returns its scores then, and when it completed
-    ``equal_epochs`` (``None`` if it did not get that
-    far)."""
+    ``equal_epochs`` (``None`` if it did not get that far)."""
     import torch
     from ignite.engine import Events
     from monai.data import CacheDataset, DataLoader
