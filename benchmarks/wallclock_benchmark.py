@@ -38,6 +38,13 @@ Variants (each defined by its own overrides, so a stored result stays what its n
   CPU: a step 1.18x the plain UNet's instead of 1.38x); ``default_residual_relu``: both; ``default_float_relu``:
   ReLU learners and no quantization; ``default_fusion_instance``: the fusion blocks with instance norm (the
   UNet's) instead of batch norm;
+- ``default_fuse_bottleneck``: fused at the bottleneck only (the three encoder fusions are 13 % of the step);
+  ``default_lean``: that and a base learner of 4..32 channels (a step 1.15x the plain UNet's instead of 1.4x);
+  ``default_batchnorm``: the learners with batch norm instead of MONAI's default instance norm (the fusion
+  blocks have batch norm), against ``unet_batchnorm_same_time``, the UNet with batch norm too;
+  ``default_meta12``: a meta learner of 12..96 channels (with its 2 residual units: the whole ensemble near one
+  UNet step); ``default_schedule``: the default at the bundle's own schedule (60 + 4 x 10 = 100 epochs, not the
+  external check's 40), against ``unet_schedule_time``;
 - ``default_0.5.0``: the 0.5.0 default (both of the above); ``default_0.5.0_base4``: with a base learner of
   4..32 channels;
 - ``default_0.4.0``: the 0.4.0 default (the base learner with a residual unit, fused at every level);
@@ -126,6 +133,14 @@ VARIANTS: dict[str, dict[Any, Any]] = {
     "default_residual_relu": {"network_def#fusion_residual": True, "network_def#backbone_kwargs#act": "relu"},
     "default_float_relu": {"quantization": "float", "network_def#backbone_kwargs#act": "relu"},
     "default_fusion_instance": {"network_def#norm": "instance"},
+    "default_fuse_bottleneck": {"network_def#fusion_roles": ["bottleneck"]},
+    "default_lean": {
+        "network_def#fusion_roles": ["bottleneck"],
+        "network_def#backbone_kwargs#channels": [4, 8, 16, 32],
+    },
+    "default_batchnorm": {"network_def#backbone_kwargs#norm": "batch"},
+    "default_meta12": {"network_def#meta_kwargs#channels": [12, 24, 48, 96]},
+    "default_schedule": {"epochs": 60, "epochQ": 10},
     "default_0.5.0": V050,
     "default_0.5.0_base4": {**V050, "network_def#backbone_kwargs#channels": [4, 8, 16, 32]},
     "default_0.4.0": V040,
@@ -153,10 +168,23 @@ UNET_BUDGETS = {
     "unet_relu_time": "default_relu",
     "unet_residual_relu_time": "default_residual_relu",
     "unet_float_relu_time": "default_float_relu",
+    "unet_fuse_bottleneck_time": "default_fuse_bottleneck",
+    "unet_lean_time": "default_lean",
+    "unet_batchnorm_same_time": "default_batchnorm",
+    "unet_meta12_time": "default_meta12",
+    "unet_schedule_time": "default_schedule",
     "unet_0.5.0_time": "default_0.5.0",
     "unet_0.5.0_base4_time": "default_0.5.0_base4",
     "unet_0.4.0_time": "default_0.4.0",
     "unet_four_learners_time": "four_learners",
+}
+#: UNet runs with other arguments than :data:`UNET`'s.
+UNET_KWARGS = {"unet_batchnorm_same_time": {"norm": "batch"}}
+#: UNet runs whose trajectory is not ``unet_same_time``'s (other arguments or another equal-epoch count): their
+#: equal-epoch score is kept under its own name instead of ``unet_same_epochs``.
+OWN_SAME_EPOCHS = {
+    "unet_batchnorm_same_time": "unet_batchnorm_same_epochs",
+    "unet_schedule_time": "unet_schedule_epochs",
 }
 SCHEDULES = {"full": {"epochs": 24, "epochQ": 4}, "quick": {"epochs": 1, "epochQ": 1}}
 #: How a UNet run's CPU time is counted: 2 = start-up, config, caching and validation counted as the bundle's
@@ -221,6 +249,8 @@ def overrides_for(task: str, variant: str, seed: int, data_json: str, run_dir: P
                 over.update(v)
         else:
             over[k] = v
+    if schedule == SCHEDULES["quick"]:  # the harness check keeps its 2-epoch schedule for every variant
+        over.update(schedule)
     return over
 
 
@@ -365,7 +395,14 @@ def startup_cpu() -> float:
 
 
 def train_unet(
-    bundle: Path, dims: int, over: dict[str, Any], data_json: str, num_classes: int, budget: float, equal_epochs: int
+    bundle: Path,
+    dims: int,
+    over: dict[str, Any],
+    data_json: str,
+    num_classes: int,
+    budget: float,
+    equal_epochs: int,
+    unet_kwargs: Optional[dict[str, Any]] = None,
 ) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """A plain MONAI UNet through the bundle's transforms, until ``budget`` CPU seconds.
 
@@ -373,7 +410,8 @@ def train_unet(
     training, with a validation pass (sliding window, Dice) on the bundle's validation split every
     ``val_interval`` epochs as a MONAI training script does, plus the CPU time a fresh python takes to import
     torch and MONAI's training parts (:func:`startup_cpu`). Returns its scores then, and when it completed
-    ``equal_epochs`` (``None`` if it did not get that far)."""
+    ``equal_epochs`` (``None`` if it did not get that far). ``unet_kwargs`` are further ``UNet`` arguments
+    (e.g. ``{"norm": "batch"}``)."""
     import torch
     from ignite.engine import Events
     from monai.data import CacheDataset, DataLoader
@@ -395,7 +433,13 @@ def train_unet(
     )
     loader = DataLoader(ds, batch_size=parser.get_parsed_content("batch_size"), shuffle=True, num_workers=0)
     net = UNet(
-        dims, 1, num_classes, channels=UNET["channels"], strides=UNET["strides"], num_res_units=UNET["num_res_units"]
+        dims,
+        1,
+        num_classes,
+        channels=UNET["channels"],
+        strides=UNET["strides"],
+        num_res_units=UNET["num_res_units"],
+        **(unet_kwargs or {}),
     )
     opt = torch.optim.Adam(net.parameters(), lr=UNET["learning_rate"])
     trainer = SupervisedTrainer(
@@ -450,7 +494,10 @@ def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]
     job = json.loads(job_file.read_text()) if job_file.is_file() else {"task": task, "seed": seed, "variants": {}}
     dims, num_classes = TASKS[task]["dims"], TASKS[task]["num_classes"]
     schedule = SCHEDULES["quick" if quick else "full"]
-    epochs = schedule["epochs"] + 4 * schedule["epochQ"]
+
+    def epochs_of(over: dict[str, Any]) -> int:
+        return int(over["epochs"]) + 4 * int(over["epochQ"])  # the float phase and 4 quantization steps
+
     data_json = make_data(task, out, quick)
 
     def save() -> None:  # another worker may be adding other variants of this task and seed: merge under a lock
@@ -471,7 +518,7 @@ def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]
         over = overrides_for(task, variant, seed, data_json, run_dir, schedule)
         cpu = train_bundle(bundle, dims, over, run_dir / "train.log")
         result = score_bundle(bundle, dims, over, data_json, num_classes)
-        result.update(cpu_s=cpu, epochs=epochs)
+        result.update(cpu_s=cpu, epochs=epochs_of(over))
         job["variants"][variant] = result
         save()
         print(f"[{task} seed {seed}] {variant}: dice {result['dice']:.3f} in {cpu:.0f} CPU s", flush=True)
@@ -483,9 +530,12 @@ def run_job(task: str, seed: int, out_dir: str, quick: bool, variants: list[str]
         reference = UNET_BUDGETS[name]
         over = overrides_for(task, reference, seed, data_json, run_dir, schedule)
         budget = job["variants"][reference]["cpu_s"]
-        same_time, same_epochs = train_unet(bundle, dims, over, data_json, num_classes, budget, epochs)
+        kwargs = UNET_KWARGS.get(name)
+        same_time, same_epochs = train_unet(bundle, dims, over, data_json, num_classes, budget, epochs_of(over), kwargs)
         job["variants"][name] = same_time
-        if same_epochs is not None:  # one seeded trajectory: the same at every budget
+        if same_epochs is not None and name in OWN_SAME_EPOCHS:
+            job["variants"][OWN_SAME_EPOCHS[name]] = same_epochs
+        elif same_epochs is not None:  # one seeded trajectory: the same at every budget
             job["variants"].setdefault("unet_same_epochs", same_epochs)
         save()
         print(
@@ -550,6 +600,20 @@ def summarize(jobs: list[dict]) -> dict[str, Any]:
                 ("default_float_relu", "unet_float_relu_time"),
                 ("default_float_relu", "default_relu"),
                 ("default_fusion_instance", "default"),
+                ("default_lean", "unet_lean_time"),
+                ("default_lean", "default"),
+                ("default_fuse_bottleneck", "unet_fuse_bottleneck_time"),
+                ("default_fuse_bottleneck", "default"),
+                ("default_batchnorm", "unet_same_time"),
+                ("default", "unet_batchnorm_same_time"),
+                ("default_batchnorm", "unet_batchnorm_same_time"),
+                ("default_batchnorm", "unet_batchnorm_same_epochs"),
+                ("default_batchnorm", "default"),
+                ("unet_batchnorm_same_epochs", "unet_same_epochs"),
+                ("default_meta12", "unet_meta12_time"),
+                ("default_meta12", "default"),
+                ("default_schedule", "unet_schedule_time"),
+                ("default_schedule", "unet_schedule_epochs"),
                 ("default_residual_fusion", "default"),
                 ("default_relu", "default"),
                 ("default_residual_relu", "default"),
@@ -593,6 +657,11 @@ LABELS = {
     "default_residual_relu": "default with the residual fusion and ReLU learners",
     "default_float_relu": "default with ReLU learners and no quantization",
     "default_fusion_instance": "default with instance norm in the fusion blocks",
+    "default_fuse_bottleneck": "default fused at the bottleneck only",
+    "default_lean": "default fused at the bottleneck only, base learner 4..32",
+    "default_batchnorm": "default with batch norm in the learners",
+    "default_meta12": "default with a meta learner of 12..96 channels",
+    "default_schedule": "default at its own schedule (60 + 4 x 10 epochs)",
     "default_meta_res1": "default with a meta learner of 1 residual unit per level",
     "default_meta_res0": "default with a meta learner without residual units",
     "default_0.5.0": "0.5.0 default (16-bit meta learner, learning rate halved at each step)",
@@ -609,6 +678,13 @@ LABELS = {
     "unet_relu_time": "plain MONAI UNet, default_relu's CPU time",
     "unet_residual_relu_time": "plain MONAI UNet, default_residual_relu's CPU time",
     "unet_float_relu_time": "plain MONAI UNet, default_float_relu's CPU time",
+    "unet_fuse_bottleneck_time": "plain MONAI UNet, default_fuse_bottleneck's CPU time",
+    "unet_lean_time": "plain MONAI UNet, default_lean's CPU time",
+    "unet_batchnorm_same_time": "MONAI UNet with batch norm, default_batchnorm's CPU time",
+    "unet_batchnorm_same_epochs": "MONAI UNet with batch norm, same epochs",
+    "unet_meta12_time": "plain MONAI UNet, default_meta12's CPU time",
+    "unet_schedule_time": "plain MONAI UNet, default_schedule's CPU time",
+    "unet_schedule_epochs": "plain MONAI UNet, default_schedule's epochs",
     "unet_meta_res1_time": "plain MONAI UNet, default_meta_res1's CPU time",
     "unet_meta_res0_time": "plain MONAI UNet, default_meta_res0's CPU time",
     "unet_0.5.0_time": "plain MONAI UNet, the 0.5.0 default's CPU time",
@@ -617,6 +693,16 @@ LABELS = {
     "unet_four_learners_time": "plain MONAI UNet, the 0.3.0 default's CPU time",
     "unet_same_epochs": "plain MONAI UNet, same epochs",
 }
+
+#: Variants drawn in colour in the figure (the rest are grey dots).
+FIGURE_VARIANTS = (
+    "default",
+    "unet_same_time",
+    "unet_same_epochs",
+    "default_schedule",
+    "unet_schedule_time",
+    "unet_batchnorm_same_time",
+)
 
 
 def write_report(result: dict[str, Any], docs: Path) -> Path:
@@ -637,7 +723,8 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
         + (f"; last invocation {result['wall_s'] / 60:.0f} min." if np.isfinite(result.get("wall_s", np.nan)) else "."),
         "",
         f"Schedule of every bundle variant: `--epochs {sched['epochs']} --epochQ {sched['epochQ']}` "
-        f"({sched['epochs'] + 4 * sched['epochQ']} epochs, the external check's budget). The plain UNet "
+        f"({sched['epochs'] + 4 * sched['epochQ']} epochs, the external check's budget), except `default_schedule`: "
+        "the bundle's own 60 + 4 x 10. The plain UNet "
         f"(channels {result['unet']['channels']}, {result['unet']['num_res_units']} residual units, DiceCE, Adam "
         f"{result['unet']['learning_rate']}) trains through the bundle's own transforms until it has used the "
         "CPU time of its reference: the default's (`unet_same_time`) or another variant's (`unet_<variant>_time`); "
@@ -684,24 +771,27 @@ def write_report(result: dict[str, Any], docs: Path) -> Path:
             sd = f" ± {d['sd']:.3f}" if d.get("n", 0) > 1 else ""
             lines.append(f"| {k} | {d['mean']:+.3f}{sd} | {d.get('n', '')} |")
         lines.append("")
-    legend_rows = -(-len(order) // 4)
+    # the default and its opponents in colour, every other variant as a grey dot (their rows are in the tables)
+    shown = [v for v in FIGURE_VARIANTS if v in order]
+    legend_rows = -(-(len(shown) + 1) // 3)
     height = 4.6 + 0.2 * legend_rows
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), height), squeeze=False)
-    # one colour and marker per variant, the same in every panel (ten colours x five markers)
-    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(order)}
-    markers = {v: "osD^v"[(i // 10) % 5] for i, v in enumerate(order)}
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(shown)}
     for ax, task in zip(axes[0], summary):
-        for v in order:
+        for v in [v for v in order if v not in colours] + shown:
             runs = [j["variants"][v] for j in jobs if j["task"] == task and v in j["variants"]]
             if runs:
-                x = [r.get("cpu_s", np.nan) for r in runs]
-                ax.scatter(x, [r["dice"] for r in runs], label=LABELS[v], s=30, color=colours[v], marker=markers[v])
+                x, y = [r.get("cpu_s", np.nan) for r in runs], [r["dice"] for r in runs]
+                if v in colours:
+                    ax.scatter(x, y, label=LABELS[v], s=34, color=colours[v], zorder=3)
+                else:
+                    ax.scatter(x, y, label="other variants (see the tables)", s=10, color="0.75", zorder=2)
         ax.set_title(task)
         ax.set_xlabel("training CPU seconds (1 thread)")
         ax.set_ylabel("test Dice")
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes[0] for h in ax.collections}
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, (0.2 * legend_rows + 0.15) / height, 1, 1))
     (docs / "images").mkdir(parents=True, exist_ok=True)
     fig.savefig(docs / "images" / "wallclock.png", dpi=90)
@@ -767,6 +857,11 @@ def main() -> None:
         ["default_relu", "unet_relu_time"],
         ["default_float_relu", "unet_float_relu_time"],
         ["default_fusion_instance"],
+        ["default_lean", "unet_lean_time"],
+        ["default_fuse_bottleneck", "unet_fuse_bottleneck_time"],
+        ["default_batchnorm", "unet_batchnorm_same_time"],
+        ["default_meta12", "unet_meta12_time"],
+        ["default_schedule", "unet_schedule_time"],
         ["default_meta_res1", "unet_meta_res1_time"],
         ["default_meta_res0", "unet_meta_res0_time"],
         ["default_16bit_meta"],
