@@ -59,7 +59,7 @@ Variants (each defined by its own overrides, so a stored result stays what its n
 
 Output in ``--out`` (default ``runs/wallclock``, gitignored): one JSON per (task, seed), written after
 every variant (a rerun continues where it stopped), and ``wallclock.json`` with all runs and the paired
-differences, which :mod:`wallclock_doc` turns into tables and a figure.
+differences, which :func:`write_report` turns into ``docs/results_wallclock.md`` and its figure.
 
 Usage::
 
